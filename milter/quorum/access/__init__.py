@@ -1,0 +1,1 @@
+"""Local access rules (Postfix-style tables, header regex rules with RE2) and DNSBL checks."""

@@ -1,0 +1,1 @@
+"""Sender authentication (SPF, DKIM, DMARC), Authentication-Results, DNSBL and access lists."""

@@ -1,0 +1,59 @@
+"""Sender authentication, DNSBL and access lists: config parsing and stage construction.
+
+Tables: `[dns]` (the one resolver), `[auth]` (SPF/DKIM/DMARC), `[[dnsbl]]` and `[access]`.
+Stages, in order: access (OK/REJECT), DNSBL, then SPF/DKIM/DMARC. The authserv-id of the
+Authentication-Results header is `[milter] authserv_id`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from quorum.access.dnsbl import DnsblList, parse_lists
+from quorum.access.settings import AccessSettings, parse_access
+from quorum.auth.settings import AuthSettings, DnsSettings, parse_auth, parse_dns
+from quorum.config.fields import Table
+
+if TYPE_CHECKING:
+    from quorum.config import Config
+    from quorum.pipeline.stages import Stage
+
+
+@dataclass(frozen=True)
+class AuthFeatureSettings:
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)  # trusted_networks also serve DNSBL
+    auth_enabled: bool = True  # [auth] present and enabled
+    dnsbl: tuple[DnsblList, ...] = ()
+    access: AccessSettings = field(default_factory=AccessSettings)  # exempt_recipients also serve DNSBL
+
+
+def parse(root: Table) -> AuthFeatureSettings | None:
+    """None when none of [auth], [[dnsbl]] or [access] is configured."""
+    dns = parse_dns(root.table("dns"))
+    has_auth = "auth" in root.data
+    auth = parse_auth(root.table("auth"))
+    lists = parse_lists(root.raw("dnsbl"), root)
+    access = parse_access(root.table("access"))
+    settings = AuthFeatureSettings(dns, auth, has_auth and auth.enabled, lists, access)
+    if not (settings.auth_enabled or settings.dnsbl or settings.access.any_table):
+        return None
+    return settings
+
+
+def build(config: Config, settings: AuthFeatureSettings) -> list[Stage]:
+    from quorum.access.stage import AccessStage, DnsblStage
+    from quorum.auth.resolver import Resolver
+    from quorum.auth.stage import AuthStage
+
+    resolver = Resolver(settings.dns)
+    stages: list[Stage] = []
+    if settings.access.any_table:
+        stages.append(AccessStage(settings.access))
+    if settings.dnsbl:
+        exempt = settings.access.exempt_recipients
+        stages.append(DnsblStage(resolver, settings.dnsbl, settings.auth.trusted_networks, exempt))
+    if settings.auth_enabled:
+        stages.append(AuthStage(settings.auth, resolver, config.milter.authserv_id))
+    return stages

@@ -1,0 +1,260 @@
+"""`quorum` command line: run, check-config, scan, health, reload."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from quorum import __version__
+from quorum.config import Config, ConfigError, load_config
+from quorum.config.loader import DEFAULT_CONFIG
+from quorum.logs import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quorum", description="Multi-engine content-filter milter for Postfix")
+    parser.add_argument("--version", action="version", version=f"quorum {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", help="TOML config file (default: the embedded loopback config)")
+        return p
+
+    with_config(sub.add_parser("run", help="run the milter in the foreground"))
+    with_config(sub.add_parser("check-config", help="validate the config file"))
+    scan = with_config(sub.add_parser("scan", help="run the pipeline offline on a message file"))
+    scan.add_argument("message", help="RFC 5322 message file (.eml)")
+    scan.add_argument("--sender", default="", help="envelope sender")
+    scan.add_argument("--rcpt", action="append", default=[], help="envelope recipient (repeatable)")
+    scan.add_argument("--client-ip", default="127.0.0.1")
+    scan.add_argument("--helo", default="localhost")
+    scan.add_argument("--auth-user", default="", help="act as if authenticated as this user")
+    scan.add_argument("--json", action="store_true", help="machine-readable output")
+    health = with_config(sub.add_parser("health", help="check the milter socket and every enabled engine"))
+    health.add_argument("--timeout", type=float, default=3.0)
+    with_config(sub.add_parser("reload", help="tell the running quorum (via milter.pid_file) to reload"))
+    for extension in _cli_extensions():
+        extension.add_cli(sub, with_config)
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        return cmd_run(args)
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if args.command == "check-config":
+        return cmd_check_config(config)
+    if args.command == "scan":
+        return cmd_scan(args, config)
+    if args.command == "health":
+        return cmd_health(args, config)
+    if args.command == "reload":
+        return cmd_reload(config)
+    for extension in _cli_extensions():
+        if extension.handles(args.command):
+            return int(extension.run_cli(args, config))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _cli_extensions() -> list[Any]:
+    import importlib
+
+    modules = []
+    for name in ("quorum.ratelimit.cli",):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return modules
+
+
+def _load(path: str | None) -> Config | None:
+    try:
+        return load_config(path or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {path or DEFAULT_CONFIG}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    setup_logging(config.milter.log_level)
+    from quorum.service.supervisor import Supervisor
+
+    path = str(Path(args.config).resolve()) if args.config else None
+    return Supervisor(path, config.milter.stop_timeout, config.milter.pid_file).run()
+
+
+def cmd_check_config(config: Config) -> int:
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    engines = ", ".join(f"{e.name} ({e.type}{'' if e.enabled else ', disabled'})" for e in config.engines)
+    print(f"ok: {config.path}: engines {engines or 'none'}")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace, config: Config) -> int:
+    from quorum.message import Message
+    from quorum.pipeline.pipeline import Pipeline
+    from quorum.pipeline.stages import Session
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        raw = Path(args.message).read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with ThreadPoolExecutor(max_workers=config.milter.workers) as pool:
+        pipeline = Pipeline(config, pool)
+        session = Session()
+        env = session.envelope
+        env.client_ip, env.client_name, env.helo = args.client_ip, "", args.helo
+        env.macros["i"] = "SCAN"
+        if args.auth_user:
+            env.macros["{auth_authen}"] = args.auth_user
+        early = pipeline.hook("connect", session) or pipeline.hook("helo", session)
+        env.sender = args.sender
+        early = early or pipeline.hook("mail_from", session)
+        rcpt_replies: dict[str, str] = {}
+        for rcpt in args.rcpt:
+            reply = pipeline.hook("rcpt", session, rcpt)
+            if reply is None:
+                env.recipients.append(rcpt)
+            else:
+                rcpt_replies[rcpt] = str(reply)
+        early = early or pipeline.hook("data", session)
+        if early is not None:
+            pipeline.notify("aborted", session)
+            pipeline.close()
+            return _print_early(args, early, rcpt_replies)
+        message = Message.from_bytes(raw, env, config.milter.body_memory_limit)
+        try:
+            result = pipeline.check(session, message)
+        finally:
+            message.close()
+            pipeline.close()
+    d = result.decision
+    breakers = {r.name: str(r.breaker.state) for r in pipeline.runners}
+    out: dict[str, Any] = {
+        "verdict": d.label,
+        "action": str(d.action),
+        "reply": str(d.reply) if d.reply else None,
+        "score": d.score,
+        "degraded": d.degraded,
+        "left_out": d.left_out,
+        "reasons": d.reasons,
+        "engines": [
+            {
+                "engine": v.engine,
+                "category": str(v.category),
+                "status": str(v.status),
+                "mode": next((e.mode for e in config.engines if e.name == v.engine), "vote"),
+                "names": list(v.names),
+                "score": v.score,
+                "threshold": v.threshold,
+                "detail": v.detail,
+                "error": v.error,
+                "elapsed_ms": round(v.elapsed * 1000, 1),
+                "circuit": breakers.get(v.engine),
+            }
+            for v in d.verdicts
+        ],
+        "headers_added": [f"{n}: {v}" for n, v in result.add],
+        "headers_removed": [f"{n}[{i}]" for n, i in result.remove],
+        "quarantine_reason": d.quarantine_reason,
+        "recipients_refused": rcpt_replies,
+        "facts": result.ctx.log,
+        "elapsed_ms": round(result.elapsed * 1000, 1),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"verdict: {d.label}" + (f" (score {d.score:.2f})" if d.label == "spam" and d.score is not None else ""))
+        print(f"action:  {d.action}" + (f" -> {d.reply}" if d.reply else ""))
+        for e in out["engines"]:
+            extra = f" [{e['mode']}]" if e["mode"] != "vote" else ""
+            circuit = f" circuit={e['circuit']}" if e["circuit"] and e["circuit"] != "closed" else ""
+            detail = e["detail"] or e["error"] or ", ".join(e["names"][:5]) or ""
+            print(f"  {e['engine']:<16} {e['status']:<10} {e['elapsed_ms']:>8.1f} ms  {detail}{extra}{circuit}")
+        for line in out["headers_added"]:
+            print(f"  + {line}")
+        for line in out["headers_removed"]:
+            print(f"  - {line}")
+        for r in d.reasons:
+            print(f"  why: {r}")
+        for k, v in result.ctx.log.items():
+            print(f"  {k}: {v}")
+        for rcpt, reply in rcpt_replies.items():
+            print(f"  rcpt {rcpt}: {reply}")
+    return 0
+
+
+def _print_early(args: argparse.Namespace, reply: Any, rcpt_replies: dict[str, str]) -> int:
+    out = {"verdict": "refused-before-data", "action": str(reply.action), "reply": str(reply),
+           "recipients_refused": rcpt_replies}
+    print(json.dumps(out, indent=2) if args.json else f"refused before DATA: {reply}")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace, config: Config) -> int:
+    from quorum.engines import build_engine
+
+    ok = True
+    spec = config.milter.socket
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind in ("unix", "local"):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(args.timeout)
+                s.connect(rest)
+        else:
+            port, _, host = rest.partition("@")
+            host = host or "127.0.0.1"
+            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", int(port)), args.timeout):
+                pass
+        print(f"ok   milter {spec}")
+    except OSError as exc:
+        ok = False
+        print(f"FAIL milter {spec}: {exc.strerror or exc}")
+    for settings in config.enabled_engines:
+        engine = build_engine(settings)
+        start = time.monotonic()
+        try:
+            engine.ping(args.timeout)
+            print(f"ok   engine {settings.name} ({settings.type}) {1000 * (time.monotonic() - start):.0f} ms")
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed probe
+            ok = False
+            print(f"FAIL engine {settings.name} ({settings.type}): {exc}")
+        finally:
+            engine.close()
+    return 0 if ok else 1
+
+
+def cmd_reload(config: Config) -> int:
+    pid_file = config.milter.pid_file
+    if not pid_file:
+        print("error: milter.pid_file is not set; set it (e.g. /run/quorum/quorum.pid) or send SIGHUP to the "
+              "`quorum run` process yourself", file=sys.stderr)
+        return 2
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot signal the process in {pid_file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to {pid}")
+    return 0

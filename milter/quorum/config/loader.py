@@ -1,0 +1,160 @@
+"""Read the TOML file and turn it into a validated `Config`."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from quorum.config import model
+from quorum.config.fields import ConfigError, Problems, Table
+from quorum.config.model import Config, EngineSettings, MilterSettings, PolicySettings
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+
+_SOCKET = re.compile(r"^(inet:\d{1,5}(@\S+)?|inet6:\d{1,5}(@\S+)?|(unix|local):/\S+)$")
+_ENGINE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_KNOWN_TOP = {"milter", "policy", "engines"}
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate; raises ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from exc
+    return parse_config(data, str(path))
+
+
+def parse_config(data: Mapping[str, Any], path: str | None = None) -> Config:
+    problems = Problems()
+    root = Table(data, "", problems)
+    milter = _milter(root.table("milter"))
+    policy = _policy(root.table("policy"))
+    engines = _engines(root.table("engines"), problems)
+    from quorum.features import FEATURES  # late import: features import config helpers
+
+    features = {f.name: f.parse(root) for f in FEATURES}
+    root.reject_unknown()
+    _cross_checks(milter, policy, engines, problems)
+    if problems.errors:
+        raise ConfigError(problems.errors)
+    return Config(milter, policy, engines, features, tuple(problems.warnings), path)
+
+
+def _milter(t: Table) -> MilterSettings:
+    d = MilterSettings()
+    socket = t.str("socket", d.socket)
+    if not _SOCKET.match(socket):
+        t.problems.error(t.key("socket"), f'{socket!r} is not a libmilter socket; use "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path"')
+    mode = t.opt_str("socket_mode")
+    socket_mode = None
+    if mode is not None:
+        try:
+            socket_mode = int(mode, 8)
+        except ValueError:
+            t.problems.error(t.key("socket_mode"), f'expected an octal mode such as "0660", got {mode!r}')
+    settings = MilterSettings(
+        socket=socket,
+        name=t.str("name", d.name),
+        scan_deadline=t.duration("scan_deadline", d.scan_deadline, minimum=0.1),
+        max_message_size=t.size("max_message_size", d.max_message_size, minimum=1024),
+        on_oversize=t.choice("on_oversize", d.on_oversize, model.OVERSIZE_ACTIONS),
+        authserv_id=t.str("authserv_id", d.authserv_id),
+        body_memory_limit=t.size("body_memory_limit", d.body_memory_limit),
+        tmpdir=t.opt_str("tmpdir"),
+        socket_mode=socket_mode,
+        socket_group=t.opt_str("socket_group"),
+        pid_file=t.opt_str("pid_file"),
+        stop_timeout=t.duration("stop_timeout", d.stop_timeout),
+        progress_interval=t.duration("progress_interval", d.progress_interval, minimum=1.0),
+        workers=t.int("workers", d.workers, minimum=2, maximum=4096),
+        log_level=t.choice("log_level", d.log_level, ("debug", "info", "warning", "error")),
+    )
+    if settings.tmpdir and not Path(settings.tmpdir).is_dir():
+        t.problems.error(t.key("tmpdir"), f"{settings.tmpdir!r} is not a directory; create it or remove the key")
+    t.reject_unknown()
+    return settings
+
+
+def _policy(t: Table) -> PolicySettings:
+    d = PolicySettings()
+    settings = PolicySettings(
+        on_virus=t.choice("on_virus", d.on_virus, model.VIRUS_ACTIONS),
+        on_engine_failure=t.choice("on_engine_failure", d.on_engine_failure, model.FAILURE_ACTIONS),
+        on_spam=t.choice("on_spam", d.on_spam, model.SPAM_ACTIONS),
+        spam_combine=t.choice("spam_combine", d.spam_combine, model.SPAM_COMBINE),
+        spam_quorum=t.int("spam_quorum", d.spam_quorum, minimum=1),
+        spam_reject_score=t.opt_float("spam_reject_score", minimum=0.0),
+        on_spam_engine_failure=t.choice("on_spam_engine_failure", d.on_spam_engine_failure, model.FAILURE_ACTIONS),
+    )
+    t.reject_unknown()
+    return settings
+
+
+def _engines(t: Table, problems: Problems) -> tuple[EngineSettings, ...]:
+    from quorum.engines import ENGINE_TYPES, adapter_class
+
+    engines: list[EngineSettings] = []
+    for name in t.data:
+        et = t.table(name)
+        if not _ENGINE_NAME.match(name):
+            problems.error(et.path, "engine names may hold letters, digits, '-' and '_' only; rename the table")
+        type_name = et.str("type", "")
+        if not type_name:
+            problems.error(et.key("type"), f"missing; set type to one of {' | '.join(ENGINE_TYPES)}")
+            continue
+        try:
+            cls = adapter_class(type_name)
+        except LookupError as exc:
+            problems.error(et.key("type"), str(exc))
+            continue
+        d = EngineSettings(name, type_name)
+        settings = EngineSettings(
+            name=name,
+            type=type_name,
+            enabled=et.bool("enabled", True),
+            timeout=et.duration("timeout", d.timeout, minimum=0.05),
+            max_size=et.size("max_size", cls.default_max_size, minimum=1),
+            mode=et.choice("mode", d.mode, model.ENGINE_MODES),
+            weight=et.float("weight", d.weight, minimum=0.0),
+            threshold=et.opt_float("threshold", minimum=0.0),
+            concurrency=et.int("concurrency", d.concurrency, minimum=1, maximum=1024),
+            breaker_failures=et.int("breaker_failures", d.breaker_failures, minimum=1),
+            breaker_cooldown=et.duration("breaker_cooldown", d.breaker_cooldown, minimum=0.1),
+            options=cls.parse_options(et),
+        )
+        et.reject_unknown()
+        engines.append(settings)
+    return tuple(engines)
+
+
+def _cross_checks(
+    milter: MilterSettings, policy: PolicySettings, engines: tuple[EngineSettings, ...], problems: Problems
+) -> None:
+    from quorum.engines import adapter_class
+    from quorum.verdict import Category
+
+    for e in engines:
+        if not e.enabled:
+            continue
+        if adapter_class(e.type).category is Category.ANTIVIRUS and milter.max_message_size > e.max_size:
+            problems.warn(
+                f"engines.{e.name}.max_size",
+                f"{e.max_size} is below milter.max_message_size ({milter.max_message_size}); "
+                "larger messages pass this engine unscanned (skipped). Raise max_size (and the engine's own "
+                "limit, e.g. clamd StreamMaxLength) or lower max_message_size",
+            )
+    spam_voters = [
+        e for e in engines if e.enabled and e.mode == "vote" and adapter_class(e.type).category is Category.ANTISPAM
+    ]
+    if policy.spam_combine == "quorum" and spam_voters and policy.spam_quorum > len(spam_voters):
+        problems.error(
+            "policy.spam_quorum",
+            f"{policy.spam_quorum} exceeds the {len(spam_voters)} voting antispam engine(s); lower it",
+        )

@@ -1,0 +1,79 @@
+"""The validated configuration: plain frozen dataclasses, built once per (re)load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+OVERSIZE_ACTIONS = ("accept", "tempfail", "reject")
+VIRUS_ACTIONS = ("reject", "quarantine", "discard", "tag")
+FAILURE_ACTIONS = ("tempfail", "accept")
+SPAM_ACTIONS = ("tag", "quarantine", "reject")
+SPAM_COMBINE = ("any", "all", "quorum", "weighted", "max")
+ENGINE_MODES = ("vote", "shadow")
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    socket: str = "inet:9900@127.0.0.1"
+    name: str = "quorum"
+    scan_deadline: float = 30.0
+    max_message_size: int = 26214400
+    on_oversize: str = "accept"
+    authserv_id: str = "quorum"
+    body_memory_limit: int = 1 << 20
+    tmpdir: str | None = None
+    socket_mode: int | None = None
+    socket_group: str | None = None
+    pid_file: str | None = None
+    stop_timeout: float = 30.0
+    progress_interval: float = 10.0
+    workers: int = 64
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    on_virus: str = "reject"
+    on_engine_failure: str = "tempfail"
+    on_spam: str = "tag"
+    spam_combine: str = "any"
+    spam_quorum: int = 1
+    spam_reject_score: float | None = None
+    on_spam_engine_failure: str = "accept"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Keys every engine has; `options` holds the adapter's own keys, validated by the adapter."""
+
+    name: str
+    type: str
+    enabled: bool = True
+    timeout: float = 10.0
+    max_size: int = 25 * 1024 * 1024
+    mode: str = "vote"
+    weight: float = 1.0
+    threshold: float | None = None
+    concurrency: int = 16
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    milter: MilterSettings
+    policy: PolicySettings
+    engines: tuple[EngineSettings, ...]
+    features: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    path: str | None = None
+
+    @property
+    def enabled_engines(self) -> tuple[EngineSettings, ...]:
+        return tuple(e for e in self.engines if e.enabled)
+
+    def feature(self, name: str) -> Any:
+        """The parsed settings of an optional feature (`auth`, `ratelimit`, ...), or None."""
+        return self.features.get(name)

@@ -1,0 +1,123 @@
+"""The common engine interface: connect, send, parse, return a `Verdict`."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, ClassVar
+
+from quorum.config.fields import Table
+from quorum.config.model import EngineSettings
+from quorum.message import Message
+from quorum.verdict import Category, Status, Verdict
+
+
+class EngineError(Exception):
+    """The engine could not give an answer (connection, protocol, garbage). Message is short."""
+
+
+class ScanCall:
+    """One scan request's budget and cancellation.
+
+    `remaining()` is what is left of min(engine timeout, pipeline deadline); sockets opened via
+    `connect()` get that timeout and are shut down when the pipeline cancels the call (early
+    exit or deadline), so a hung engine never holds a worker past the deadline.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._cancelled = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def track(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock)
+        if self.cancelled:
+            self.cancel()
+        return sock
+
+    def connect(self, address: str) -> socket.socket:
+        """Open `host:port`, `[v6]:port` or a unix socket path with the call's timeout."""
+        timeout = self.remaining()
+        if timeout <= 0:
+            raise EngineError("timeout")
+        if address.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            self.track(sock)
+            sock.connect(address)
+        else:
+            host, port = split_host_port(address)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            self.track(sock)
+        sock.settimeout(self.remaining() or 0.001)
+        return sock
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def validate_address(t: Table, name: str, default: str) -> str:
+    """An engine address: host:port or an absolute unix socket path."""
+    value = t.str(name, default)
+    if not value.startswith("/"):
+        try:
+            split_host_port(value)
+        except ValueError:
+            t.problems.error(t.key(name), f'{value!r} is neither "host:port" nor a unix socket path like "/run/x.sock"')
+    return value
+
+
+class Engine:
+    """Subclass per engine type. Adapters implement `scan` and `ping`; the pipeline does timing,
+    size limits, the circuit breaker, concurrency limits and turns exceptions into `error`."""
+
+    type_name: ClassVar[str] = ""
+    category: ClassVar[Category] = Category.ANTIVIRUS
+    default_max_size: ClassVar[int] = 25 * 1024 * 1024
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.options = settings.options
+
+    @classmethod
+    def parse_options(cls, table: Table) -> dict[str, Any]:
+        """Read and validate the adapter's own keys from its `[engines.NAME]` table."""
+        return {}
+
+    def scan(self, message: Message, call: ScanCall) -> Verdict:
+        raise NotImplementedError
+
+    def ping(self, timeout: float) -> None:
+        """Raise EngineError unless the engine answers its health probe."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release pooled connections."""
+
+    def verdict(self, status: Status, **kw: Any) -> Verdict:
+        return Verdict(self.name, self.category, status, **kw)

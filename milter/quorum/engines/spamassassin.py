@@ -1,0 +1,233 @@
+"""SpamAssassin over the spamd protocol (SPAMC/1.5 `SYMBOLS` or `REPORT`), one connection per scan.
+
+spamd answers only after it has read `Content-length` bytes; we half-close after sending so a
+spamd that waits for EOF answers too. Every socket operation gets what is left of the call's
+budget, so the whole exchange is bounded by the deadline, and `ScanCall.cancel()` shuts the
+socket down (the blocked call returns at once).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from quorum.config.fields import Table
+from quorum.engines.base import Engine, EngineError, ScanCall, validate_address
+from quorum.message import Message
+from quorum.verdict import Category, Status, Verdict
+
+CHUNK = 64 * 1024
+MAX_REPLY = 256 * 1024
+MAX_NAMES = 20
+COMMANDS = ("SYMBOLS", "REPORT")
+
+# sysexits.h codes spamd puts in its status line.
+EX_CODES = {
+    64: "EX_USAGE",
+    65: "EX_DATAERR",
+    66: "EX_NOINPUT",
+    67: "EX_NOUSER",
+    68: "EX_NOHOST",
+    69: "EX_UNAVAILABLE",
+    70: "EX_SOFTWARE",
+    71: "EX_OSERR",
+    72: "EX_OSFILE",
+    73: "EX_CANTCREAT",
+    74: "EX_IOERR",
+    75: "EX_TEMPFAIL",
+    76: "EX_PROTOCOL",
+    77: "EX_NOPERM",
+    78: "EX_CONFIG",
+    79: "EX_TIMEOUT",
+}
+
+_STATUS = re.compile(rb"^SPAMD/(\d+\.\d+) +(\d+) *(.*)$")
+_SPAM = re.compile(r"^\s*(true|yes|false|no)\s*;\s*(-?\d+(?:\.\d+)?)\s*/\s*(-?\d+(?:\.\d+)?)\s*$", re.IGNORECASE)
+_REPORT_LINE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Za-z0-9_]+)\s")
+_SYMBOL = re.compile(r"^[A-Za-z0-9_.-]+$")
+_USER = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
+
+
+@dataclass(frozen=True)
+class SpamdReply:
+    spam: bool
+    score: float
+    threshold: float
+    names: tuple[str, ...]
+
+
+class SpamAssassin(Engine):
+    type_name = "spamassassin"
+    category = Category.ANTISPAM
+    default_max_size = 512 * 1024  # spamc's own default (500 KB): SpamAssassin gets slow on big bodies
+
+    @classmethod
+    def parse_options(cls, table: Table) -> dict[str, Any]:
+        user = table.opt_str("user")
+        if user is not None and not _USER.match(user):
+            table.problems.error(table.key("user"), f"{user!r} must be one word without spaces or control characters")
+            user = None
+        return {
+            "address": validate_address(table, "address", "127.0.0.1:783"),
+            "user": user,
+            "command": table.choice("command", "SYMBOLS", COMMANDS),
+        }
+
+    def scan(self, message: Message, call: ScanCall) -> Verdict:
+        command = self.options.get("command", "SYMBOLS")
+        head = f"{command} SPAMC/1.5\r\nContent-length: {message.size}\r\n"
+        if self.options.get("user"):
+            head += f"User: {self.options['user']}\r\n"
+        raw = self._exchange(call, (head + "\r\n").encode("ascii"), message)
+        reply = parse_reply(raw, command)
+        override = self.settings.threshold
+        threshold = override if override is not None else reply.threshold
+        spam = reply.score >= override if override is not None else reply.spam
+        return self.verdict(
+            Status.SPAM if spam else Status.CLEAN,
+            names=reply.names,
+            score=reply.score,
+            threshold=threshold,
+            detail=f"{reply.score:.2f}/{threshold:.2f}",
+        )
+
+    def ping(self, timeout: float) -> None:
+        raw = self._exchange(ScanCall(time.monotonic() + timeout), b"PING SPAMC/1.5\r\n\r\n", None)
+        line = raw.split(b"\r\n", 1)[0].strip()
+        m = _STATUS.match(line)
+        if not m or m.group(2) != b"0" or not m.group(3).strip().upper().startswith(b"PONG"):
+            raise EngineError(f"unexpected PING reply {line[:60]!r}")
+
+    def _exchange(self, call: ScanCall, head: bytes, message: Message | None) -> bytes:
+        address = self.options["address"]
+        try:
+            sock = call.connect(address)
+        except EngineError:
+            raise
+        except OSError as exc:
+            raise EngineError(f"cannot connect to {address}: {_reason(exc, call)}") from exc
+        try:
+            try:
+                _send(sock, call, head)
+                if message is not None:
+                    for chunk in message.chunks(CHUNK):
+                        _send(sock, call, chunk)
+                sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # spamd stopped reading (error reply or exit): read what it said, if anything
+            return _receive(sock, call)
+        except OSError as exc:
+            raise EngineError(f"spamd I/O: {_reason(exc, call)}") from exc
+        finally:
+            sock.close()
+
+
+def _reason(exc: OSError, call: ScanCall) -> str:
+    if call.cancelled:
+        return "cancelled"
+    if isinstance(exc, TimeoutError) or call.remaining() <= 0:
+        return "timeout"
+    return str(exc.strerror or exc)[:120]
+
+
+def _budget(sock: socket.socket, call: ScanCall) -> None:
+    if call.cancelled:
+        raise EngineError("cancelled")
+    remaining = call.remaining()
+    if remaining <= 0:
+        raise EngineError("timeout")
+    sock.settimeout(remaining)
+
+
+def _send(sock: socket.socket, call: ScanCall, data: bytes) -> None:
+    _budget(sock, call)
+    sock.sendall(data)
+
+
+def _receive(sock: socket.socket, call: ScanCall) -> bytes:
+    """Read until spamd closes or the announced Content-length arrived, at most MAX_REPLY bytes."""
+    data = bytearray()
+    expected: int | None = None
+    while True:
+        if expected is None and (end := data.find(b"\r\n\r\n")) >= 0:
+            length = _content_length(bytes(data[:end]))
+            if length is not None:
+                expected = end + 4 + length
+        if expected is not None and len(data) >= expected:
+            break
+        _budget(sock, call)
+        chunk = sock.recv(CHUNK)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REPLY:
+            raise EngineError(f"spamd reply larger than {MAX_REPLY} bytes")
+    if call.cancelled:
+        raise EngineError("cancelled")  # cancel() shut the socket down: recv saw EOF
+    if not data:
+        raise EngineError("spamd closed the connection without a reply")
+    return bytes(data[:expected]) if expected is not None else bytes(data)
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def parse_reply(raw: bytes, command: str = "SYMBOLS") -> SpamdReply:
+    """Parse a spamd reply to SYMBOLS or REPORT; anything unexpected raises EngineError.
+
+    `SPAMD/1.1 0 EX_OK\\r\\nContent-length: 27\\r\\nSpam: True ; 1000.0 / 5.0\\r\\n\\r\\nGTUBE,NO_RECEIVED`
+    """
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    m = _STATUS.match(lines[0].strip())
+    if not m:
+        raise EngineError(f"not a spamd reply: {lines[0][:60]!r}")
+    code = int(m.group(2))
+    if code != 0:
+        text = m.group(3).decode("ascii", "replace").strip()
+        raise EngineError(f"spamd {EX_CODES.get(code, code)}: {text}"[:200])
+    spam_header: str | None = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"spam":
+            spam_header = value.decode("ascii", "replace")
+    if spam_header is None:
+        raise EngineError("spamd reply has no Spam header")
+    sm = _SPAM.match(spam_header)
+    if not sm:
+        raise EngineError(f"unparsable Spam header {spam_header.strip()[:60]!r}")
+    text = body.decode("utf-8", "replace")
+    names = _report_names(text) if command == "REPORT" else _symbol_names(text)
+    return SpamdReply(
+        spam=sm.group(1).lower() in ("true", "yes"),
+        score=float(sm.group(2)) + 0.0,  # spamd says -0.0 for a clean message: show 0.00
+        threshold=float(sm.group(3)),
+        names=names[:MAX_NAMES],
+    )
+
+
+def _symbol_names(text: str) -> tuple[str, ...]:
+    names = [n.strip() for n in text.replace("\r", "").replace("\n", ",").split(",")]
+    return tuple(n for n in names if n and _SYMBOL.match(n))
+
+
+def _report_names(text: str) -> tuple[str, ...]:
+    """Rule names from the report's `pts rule name description` table, highest score first."""
+    rules: list[tuple[float, str]] = []
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("----"):
+            in_table = True
+            continue
+        if in_table and (m := _REPORT_LINE.match(line)):
+            rules.append((float(m.group(1)), m.group(2)))
+    rules.sort(key=lambda r: (-r[0], r[1]))
+    return tuple(name for _, name in rules)

@@ -1,0 +1,207 @@
+"""The message as Postfix handed it over: envelope, raw headers and a bounded body spool."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+def text(raw: bytes) -> str:
+    """Decode an envelope/header value that may not be UTF-8 without ever raising."""
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def printable(value: str) -> str:
+    """A log-safe form of a value that may hold surrogate escapes or control characters."""
+    return value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace").translate(
+        {i: "?" for i in range(32)}
+    )
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
+
+
+@dataclass
+class Envelope:
+    """SMTP-level facts: one per transaction, built up by the milter callbacks."""
+
+    client_ip: str = ""
+    client_name: str = ""
+    helo: str = ""
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    macros: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def queue_id(self) -> str:
+        return self.macros.get("i", "")
+
+    @property
+    def auth_user(self) -> str:
+        return self.macros.get("{auth_authen}", "")
+
+    @property
+    def sender_domain(self) -> str:
+        return domain_of(self.sender)
+
+
+@dataclass(frozen=True)
+class Header:
+    """One header field exactly as received: `raw_value` keeps leading whitespace and CRLF folding."""
+
+    name: str
+    raw_value: bytes
+
+    @property
+    def value(self) -> str:
+        """Unfolded value without the leading space, for matching and display."""
+        return text(self.raw_value.replace(b"\r\n", b"").replace(b"\n", b"")).strip()
+
+    def to_bytes(self) -> bytes:
+        return self.name.encode("ascii", "surrogateescape") + b":" + self.raw_value + b"\r\n"
+
+
+def crlf_value(value: bytes) -> bytes:
+    """libmilter hands folded values with bare LF: restore the CRLF the message had on the wire."""
+    return value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class BodySpool:
+    """Body bytes in memory up to `memory_limit`, then in a private temporary file.
+
+    Readers are independent (each engine streams the body in its own thread); the temp file
+    is removed by `close()`, which every owner calls in a finally block.
+    """
+
+    def __init__(self, memory_limit: int = 1 << 20, tmpdir: str | None = None) -> None:
+        self.memory_limit = memory_limit
+        self.tmpdir = tmpdir
+        self._buffer = bytearray()
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self.size = 0
+        self._lock = threading.Lock()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._file is None and len(self._buffer) + len(chunk) <= self.memory_limit:
+            self._buffer += chunk
+            return
+        if self._file is None:
+            fd, name = tempfile.mkstemp(prefix="quorum-body-", dir=self.tmpdir)
+            self._file = os.fdopen(fd, "wb")
+            self._path = Path(name)
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+        self._file.write(chunk)
+
+    @property
+    def on_disk(self) -> bool:
+        return self._path is not None
+
+    def reader(self) -> BinaryIO:
+        if self._file is not None:
+            with self._lock:
+                self._file.flush()
+            assert self._path is not None
+            return open(self._path, "rb")
+        return io.BytesIO(bytes(self._buffer))
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                if self._path is not None:
+                    self._path.unlink(missing_ok=True)
+                self._file = None
+                self._path = None
+        self._buffer = bytearray()
+
+
+class _ChainReader(io.RawIOBase):
+    """Header bytes followed by the body, as one read-only stream."""
+
+    def __init__(self, head: bytes, body: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._pos = 0
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._pos < len(self._head):
+            n = min(len(buf), len(self._head) - self._pos)
+            buf[:n] = self._head[self._pos : self._pos + n]
+            self._pos += n
+            return n
+        data = self._body.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+@dataclass
+class Message:
+    """Everything Quorum knows about one message at end-of-data."""
+
+    envelope: Envelope
+    headers: list[Header]
+    body: BodySpool
+    truncated: bool = False  # the body was not spooled past max_message_size
+
+    def header_bytes(self) -> bytes:
+        return b"".join(h.to_bytes() for h in self.headers) + b"\r\n"
+
+    @property
+    def size(self) -> int:
+        return len(self.header_bytes()) + self.body.size
+
+    def open(self) -> BinaryIO:
+        """A fresh reader over the raw message (headers as received, CRLF, then the body)."""
+        return io.BufferedReader(_ChainReader(self.header_bytes(), self.body.reader()), 65536)
+
+    def raw(self) -> bytes:
+        with self.open() as f:
+            return f.read()
+
+    def chunks(self, size: int = 65536) -> Iterator[bytes]:
+        with self.open() as f:
+            while chunk := f.read(size):
+                yield chunk
+
+    def get_headers(self, name: str) -> list[Header]:
+        lname = name.lower()
+        return [h for h in self.headers if h.name.lower() == lname]
+
+    def close(self) -> None:
+        self.body.close()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, envelope: Envelope | None = None, memory_limit: int = 1 << 20) -> Message:
+        """Parse a message file (LF or CRLF line ends) the way Postfix would hand it to a milter."""
+        data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            head, body = (data, b"") if b":" in data.split(b"\r\n", 1)[0] else (b"", data)
+        headers: list[Header] = []
+        for line in head.split(b"\r\n") if head else []:
+            if line[:1] in (b" ", b"\t") and headers:
+                last = headers[-1]
+                headers[-1] = Header(last.name, last.raw_value + b"\r\n" + line)
+            elif b":" in line:
+                name, _, value = line.partition(b":")
+                headers.append(Header(text(name.strip()), value))
+        spool = BodySpool(memory_limit)
+        spool.write(body)
+        return cls(envelope or Envelope(), headers, spool)

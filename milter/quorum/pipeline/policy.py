@@ -1,0 +1,168 @@
+"""One decision per message from all verdicts, under the operator's `[policy]`.
+
+Precedence: virus, then failed antivirus scanning, then a stage's final answer (access list,
+DMARC), then spam (or failed spam scanning), then clean. Every step leaves a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from quorum.config.model import EngineSettings, PolicySettings
+from quorum.pipeline.stages import Action, Reply, ScanContext
+from quorum.verdict import Category, Status, Verdict
+
+TEMPFAIL_AV = Reply.tempfail("451", "4.7.1", "virus scanning temporarily unavailable, please try again later")
+TEMPFAIL_SPAM = Reply.tempfail("451", "4.7.1", "spam scanning temporarily unavailable, please try again later")
+
+
+@dataclass
+class Decision:
+    action: Action
+    label: str  # clean | virus | unchecked | spam
+    reply: Reply | None = None
+    score: float | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    quarantine_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Vote:
+    verdict: Verdict
+    weight: float
+    voting: bool
+
+
+class Policy:
+    def __init__(self, policy: PolicySettings, engines: Mapping[str, EngineSettings]) -> None:
+        self.settings = policy
+        self.engines = engines
+
+    def _vote(self, v: Verdict) -> Vote:
+        s = self.engines.get(v.engine)
+        if s is None:  # an extra vote from a stage (e.g. a DNSBL listing)
+            return Vote(v, float(v.extra.get("weight", 1.0)), True)
+        return Vote(v, s.weight, s.mode == "vote")
+
+    def settled(self, verdicts: list[Verdict], ctx: ScanContext) -> bool:
+        """True once the remaining scans cannot change the answer (early exit)."""
+        if self.settings.on_virus != "tag":
+            for v in verdicts:
+                if v.status is Status.INFECTED and self._vote(v).voting:
+                    return True
+        return ctx.reply is not None and ctx.reply.action in (Action.REJECT, Action.TEMPFAIL)
+
+    def decide(self, verdicts: list[Verdict], ctx: ScanContext) -> Decision:
+        p = self.settings
+        votes = [self._vote(v) for v in verdicts + ctx.votes]
+        voting = [x.verdict for x in votes if x.voting]
+        d = Decision(Action.ACCEPT, "clean", verdicts=verdicts + ctx.votes)
+        d.degraded = [v.engine for v in voting if not v.status.answered and v.status is not Status.CANCELLED]
+        d.left_out = [f"{x.verdict.engine}:{'shadow' if not x.voting else x.verdict.status}" for x in votes
+                      if not x.voting or not x.verdict.status.answered]
+        d.reasons.extend(ctx.reasons)
+        av = [v for v in voting if v.category is Category.ANTIVIRUS]
+        spam = [v for v in voting if v.category is Category.ANTISPAM]
+
+        infected = [v for v in av if v.status is Status.INFECTED]
+        if infected:
+            return self._virus(d, infected)
+        if av and not any(v.status.answered for v in av):
+            failed = [v for v in av if v.status is Status.ERROR or v.detail == "circuit-open"]
+            if failed:
+                d.reasons.append("no antivirus engine answered: " + ", ".join(f"{v.engine}={v.label()}" for v in failed))
+                if p.on_engine_failure == "tempfail":
+                    return self._finish(d, Action.TEMPFAIL, "unchecked", TEMPFAIL_AV)
+                d.label = "unchecked"
+            else:
+                d.reasons.append("too large for every antivirus engine: passed unscanned")
+                d.label = "unchecked"
+        if ctx.reply is not None:
+            return self._finish(d, ctx.reply.action, d.label, ctx.reply)
+        return self._spam(d, spam, ctx)
+
+    def _virus(self, d: Decision, infected: list[Verdict]) -> Decision:
+        names = ", ".join(dict.fromkeys(n for v in infected for n in (v.names or ("unknown",))))
+        engines = ",".join(v.engine for v in infected)
+        d.reasons.append(f"virus {names} found by {engines}")
+        action = self.settings.on_virus
+        if action == "reject":
+            return self._finish(d, Action.REJECT, "virus", Reply.reject("554", "5.7.1", f"message contains a virus ({names})"))
+        if action == "quarantine":
+            d.quarantine_reason = f"virus {names} found by {engines}"
+            return self._finish(d, Action.QUARANTINE, "virus")
+        if action == "discard":
+            return self._finish(d, Action.DISCARD, "virus")
+        return self._finish(d, Action.TAG, "virus")
+
+    def _spam(self, d: Decision, spam: list[Verdict], ctx: ScanContext) -> Decision:
+        p = self.settings
+        engine_votes = [v for v in spam if v.engine in self.engines]
+        answered = [v for v in spam if v.status.answered]
+        if ctx.skip_spam:
+            d.reasons.append("access list OK: spam verdicts ignored")
+            return self._finish(d, Action.QUARANTINE if ctx.hold else Action.ACCEPT, d.label)
+        if engine_votes and not any(v.status.answered for v in engine_votes):
+            d.reasons.append("no antispam engine answered")
+            if p.on_spam_engine_failure == "tempfail":
+                return self._finish(d, Action.TEMPFAIL, d.label, TEMPFAIL_SPAM)
+        is_spam, score = self.combine(answered)
+        d.score = score
+        if ctx.spam_flag and not is_spam:
+            is_spam = True
+            d.reasons.append("a stage flagged it as spam")
+        if not is_spam:
+            if answered:
+                d.reasons.append(f"not spam by {p.spam_combine} of {len(answered)} vote(s)")
+            if ctx.hold:
+                d.quarantine_reason = "; ".join(ctx.reasons) or "held by policy"
+                return self._finish(d, Action.QUARANTINE, d.label)
+            return self._finish(d, Action.ACCEPT, d.label)
+        d.reasons.append(f"spam by {p.spam_combine} of {len(answered)} vote(s), score {score:.2f}")
+        action = p.on_spam
+        if action != "reject" and p.spam_reject_score is not None and score >= p.spam_reject_score:
+            d.reasons.append(f"score {score:.2f} >= spam_reject_score {p.spam_reject_score:.2f}")
+            action = "reject"
+        if action == "reject":
+            return self._finish(d, Action.REJECT, "spam", Reply.reject("550", "5.7.1", "message classified as spam"))
+        if action == "quarantine" or ctx.hold:
+            d.quarantine_reason = f"spam score {score:.2f}"
+            return self._finish(d, Action.QUARANTINE, "spam")
+        return self._finish(d, Action.TAG, "spam")
+
+    def combine(self, answered: list[Verdict]) -> tuple[bool, float]:
+        """(is spam, combined normalised score) under `spam_combine`."""
+        if not answered:
+            return False, 0.0
+        weights = {v.engine: self._vote(v).weight for v in answered}
+        flags = [v.status is Status.SPAM for v in answered]
+        norm = [_normalised(v) for v in answered]
+        total_w = sum(weights[v.engine] for v in answered) or 1.0
+        mean = sum(weights[v.engine] * n for v, n in zip(answered, norm, strict=True)) / total_w
+        mode = self.settings.spam_combine
+        if mode == "max":
+            top = max(norm)
+            return top >= 1.0, top
+        if mode == "weighted":
+            return mean >= 1.0, mean
+        if mode == "all":
+            return all(flags), mean
+        if mode == "quorum":
+            return sum(flags) >= self.settings.spam_quorum, mean
+        return any(flags), mean
+
+    @staticmethod
+    def _finish(d: Decision, action: Action, label: str, reply: Reply | None = None) -> Decision:
+        d.action, d.label, d.reply = action, label, reply
+        return d
+
+
+def _normalised(v: Verdict) -> float:
+    n = v.normalised_score
+    if n is None:
+        return 1.0 if v.status is Status.SPAM else 0.0
+    return n

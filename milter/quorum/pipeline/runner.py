@@ -1,0 +1,85 @@
+"""Runs one engine for one message: size limit, breaker, concurrency limit, timing, and every
+failure turned into an `error` verdict. Nothing raises out of `run`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+
+from quorum.engines.base import Engine, EngineError, ScanCall
+from quorum.message import Message
+from quorum.pipeline.breaker import BreakerState, CircuitBreaker
+from quorum.verdict import Status, Verdict
+
+log = logging.getLogger("quorum.engines")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class EngineRunner:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        s = engine.settings
+        self.settings = s
+        self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
+        self._slots = threading.BoundedSemaphore(s.concurrency)
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    def run(self, message: Message, call: ScanCall) -> Verdict:
+        engine = self.engine
+        if message.size > self.settings.max_size:
+            return engine.verdict(Status.SKIPPED, detail="too-large")
+        if message.truncated:
+            return engine.verdict(Status.SKIPPED, detail="too-large")
+        if not self.breaker.allow():
+            return engine.verdict(Status.SKIPPED, detail="circuit-open")
+        if not self._slots.acquire(timeout=call.remaining()):
+            self.breaker.release()
+            return engine.verdict(Status.ERROR, error="busy", detail="busy")
+        start = time.monotonic()
+        try:
+            verdict = engine.scan(message, call)
+        except (EngineError, OSError, socket.timeout, ValueError) as exc:
+            verdict = engine.verdict(Status.ERROR, error=self._reason(exc, call))
+        except Exception as exc:  # noqa: BLE001 - an adapter bug must not reach the milter
+            log.exception("engine %s raised", engine.name)
+            verdict = engine.verdict(Status.ERROR, error=f"internal {type(exc).__name__}")
+        finally:
+            self._slots.release()
+        verdict = verdict.with_(elapsed=time.monotonic() - start)
+        if call.cancelled:
+            self.breaker.release()
+            return verdict.with_(status=Status.CANCELLED, detail=None, error=None) if not verdict.status.answered else verdict
+        self._account(verdict)
+        return verdict
+
+    def _reason(self, exc: BaseException, call: ScanCall) -> str:
+        if call.cancelled:
+            return "cancelled"
+        if isinstance(exc, (socket.timeout, TimeoutError)) or call.remaining() <= 0:
+            return "timeout"
+        text = str(exc) or type(exc).__name__
+        return _UNSAFE.sub(" ", text)[:200]
+
+    def _account(self, verdict: Verdict) -> None:
+        if verdict.status is Status.ERROR:
+            before = self.breaker.state
+            after = self.breaker.failure()
+            if after is BreakerState.OPEN and before is not BreakerState.OPEN:
+                log.warning(
+                    "engine %s: circuit open after %s (skipped for %.0fs)",
+                    self.name,
+                    verdict.error,
+                    self.settings.breaker_cooldown,
+                )
+        elif verdict.status.answered:
+            if self.breaker.state is not BreakerState.CLOSED:
+                log.info("engine %s: answered again, circuit closed", self.name)
+            self.breaker.success()
+        else:
+            self.breaker.release()

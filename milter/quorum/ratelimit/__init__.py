@@ -1,0 +1,1 @@
+"""Per-domain rate counters in Redis: atomic, one round trip, fail-open."""

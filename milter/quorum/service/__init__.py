@@ -1,0 +1,1 @@
+"""The milter service: libmilter callbacks, the server loop, and the supervising parent."""

@@ -1,0 +1,75 @@
+"""Process-wide state of a running milter: the current pipeline (swapped on reload), the worker
+pool, and the count of SMTP sessions in flight (for a graceful stop)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from quorum.config import Config, ConfigError, load_config
+from quorum.pipeline.pipeline import Pipeline
+
+log = logging.getLogger("quorum.service")
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-io")
+        self.pipeline = Pipeline(config, self.pool)
+        self._lock = threading.Lock()
+        self._active = 0
+        self._idle = threading.Condition(self._lock)
+
+    def session_started(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def session_ended(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active <= 0:
+                self._idle.notify_all()
+
+    @property
+    def active_sessions(self) -> int:
+        with self._lock:
+            return self._active
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._idle.wait_for(lambda: self._active <= 0, timeout)
+
+    def reload(self, path: str | None = None) -> bool:
+        """Build a new pipeline from the file; keep the old one if the new config is invalid.
+
+        Sessions in flight keep the pipeline they started with; new sessions get the new one.
+        """
+        path = path or self.config.path
+        if path is None:
+            log.warning("reload: no config file to re-read (running on the embedded default)")
+            return False
+        try:
+            config = load_config(path)
+            pipeline = Pipeline(config, self.pool)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", "; ".join(exc.problems))
+            return False
+        except Exception as exc:  # noqa: BLE001
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if config.milter.socket != self.config.milter.socket:
+            log.warning("reload: milter.socket changed; it takes effect only on restart")
+        old, self.pipeline, self.config = self.pipeline, pipeline, config
+        for w in config.warnings:
+            log.warning("config: %s", w)
+        log.info(
+            "reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none"
+        )
+        threading.Timer(config.milter.scan_deadline + 5, old.close).start()
+        return True
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)

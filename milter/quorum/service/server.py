@@ -1,0 +1,161 @@
+"""Run libmilter in this process (the worker). Control commands arrive on a pipe from the
+supervising parent, because libmilter's own signal thread owns SIGHUP/SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import socket
+import stat
+import sys
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import Milter
+import milter
+
+from quorum.service.app import App
+from quorum.service.session import ACTIONS, QuorumMilter
+
+log = logging.getLogger("quorum.service")
+
+
+def socket_spec(spec: str) -> tuple[str, str]:
+    """('inet'|'inet6'|'unix', rest) from a libmilter socket spec."""
+    kind, _, rest = spec.partition(":")
+    return ("unix" if kind == "local" else kind), rest
+
+
+def tcp_port(spec: str) -> int | None:
+    kind, rest = socket_spec(spec)
+    return int(rest.split("@", 1)[0]) if kind in ("inet", "inet6") else None
+
+
+def _register() -> None:
+    milter.set_flags(ACTIONS)
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.set_exception_policy(Milter.TEMPFAIL)
+
+
+def set_listener_nodelay(port: int) -> int:
+    """Set TCP_NODELAY on libmilter's listening socket; accepted sockets inherit it on Linux.
+
+    libmilter leaves Nagle on: Postfix's small milter commands then wait on delayed ACKs
+    (~80 ms per message). Returns how many listening sockets were changed.
+    """
+    changed = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            dup = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with dup:
+            if dup.family not in (socket.AF_INET, socket.AF_INET6) or dup.type != socket.SOCK_STREAM:
+                continue
+            try:
+                listening = dup.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                bound_port = dup.getsockname()[1]
+            except OSError:
+                continue
+            if listening and bound_port == port:
+                dup.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                changed += 1
+    return changed
+
+
+def _prepare_unix(path: str, app: App) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _secure_unix(path: str, app: App) -> None:
+    m = app.config.milter
+    if m.socket_group:
+        os.chown(path, -1, grp.getgrnam(m.socket_group).gr_gid)
+    os.chmod(path, m.socket_mode if m.socket_mode is not None else 0o660)
+
+
+def serve(app: App, control: BinaryIO | None = None) -> int:
+    """Listen and serve until told to stop; then wait (bounded) for sessions in flight."""
+    m = app.config.milter
+    QuorumMilter.app = app
+    Milter.factory = QuorumMilter
+    _register()
+    kind, rest = socket_spec(m.socket)
+    if kind == "unix":
+        _prepare_unix(rest, app)
+    milter.setconn(m.socket)
+    milter.setbacklog(256)
+    milter.register(m.name, data=lambda ctx: ctx.getpriv().data(), negotiate=Milter.negotiate_callback)
+    try:
+        milter.opensocket(True)
+    except milter.error as exc:
+        log.error("cannot listen on %s: %s", m.socket, exc)
+        return 2
+    port = tcp_port(m.socket)
+    if port is not None and set_listener_nodelay(port) == 0:
+        log.warning("could not set TCP_NODELAY on the milter socket; expect ~80 ms per message")
+    if kind == "unix":
+        _secure_unix(rest, app)
+    if control is not None:
+        threading.Thread(target=_control_loop, args=(app, control), name="quorum-control", daemon=True).start()
+    log.info(
+        "listening on %s; engines: %s", m.socket, ", ".join(r.name for r in app.pipeline.runners) or "none"
+    )
+    try:
+        milter.main()
+    finally:
+        if not app.wait_idle(app.config.milter.stop_timeout):
+            log.warning("stopping with %d session(s) still in flight", app.active_sessions)
+        app.close()
+    log.info("stopped")
+    return 0
+
+
+def _control_loop(app: App, control: BinaryIO) -> None:
+    """Commands from the supervisor: `reload`, `stop`. EOF (parent gone) means stop."""
+    for raw in control:
+        command = raw.decode("ascii", "replace").strip()
+        if command == "reload":
+            app.reload()
+        elif command == "stop":
+            break
+        elif command:
+            log.warning("unknown control command %r", command)
+    log.info("stopping: no new connections, waiting up to %.0fs for sessions in flight", app.config.milter.stop_timeout)
+    milter.stop()
+
+
+def main_worker(config_path: str | None) -> int:
+    from quorum.config import ConfigError, load_config
+    from quorum.config.loader import DEFAULT_CONFIG
+    from quorum.logs import setup_logging
+
+    try:
+        config = load_config(config_path or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"quorum: {p}", file=sys.stderr)
+        return 2
+    setup_logging(config.milter.log_level)
+    for w in config.warnings:
+        log.warning("config: %s", w)
+    app = App(config)
+    return serve(app, sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_worker(sys.argv[1] if len(sys.argv) > 1 else None))

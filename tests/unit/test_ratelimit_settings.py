@@ -1,0 +1,177 @@
+"""[redis] and [ratelimit] parsing: defaults, overrides, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from quorum.config import ConfigError, parse_config
+from quorum.ratelimit.settings import RateLimitSettings, Rule, format_duration
+
+
+def settings(data: dict[str, Any]) -> RateLimitSettings:
+    value = parse_config(data).feature("ratelimit")
+    assert isinstance(value, RateLimitSettings)
+    return value
+
+
+def errors(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    return str(exc.value)
+
+
+ISSUE_EXAMPLE = {
+    "redis": {"url": "redis://127.0.0.1:6379/0"},
+    "ratelimit": {
+        "enabled": True,
+        "sender_domain": {"messages": 500, "per": "1h"},
+        "recipient_domain": {"messages": 5000, "per": "1h"},
+        "client_ip": {"messages": 200, "per": "10m"},
+        "auth_user": {"recipients": 1000, "per": "1h"},
+        "domains": {"bulk.example": {"sender_domain": {"messages": 50000, "per": "1h"}}},
+    },
+}
+
+
+def test_issue_example_parses() -> None:
+    s = settings(ISSUE_EXAMPLE)
+    assert s.defaults["sender_domain"] == (Rule("messages", 500, 3600.0),)
+    assert s.defaults["client_ip"] == (Rule("messages", 200, 600.0),)
+    assert s.defaults["auth_user"] == (Rule("recipients", 1000, 3600.0),)
+    assert s.domains["bulk.example"].kinds["sender_domain"] == (Rule("messages", 50000, 3600.0),)
+    assert s.redis.mode == "single" and s.redis.timeout == 0.25
+
+
+def test_absent_or_disabled_is_none_and_redis_alone_is_not_unknown() -> None:
+    assert parse_config({}).feature("ratelimit") is None
+    assert parse_config({"redis": {"url": "redis://x:1/0"}}).feature("ratelimit") is None
+    assert (
+        parse_config({"ratelimit": {"enabled": False, "sender_domain": {"messages": 1}}}).feature("ratelimit") is None
+    )
+
+
+def test_both_units_a_list_of_windows_and_zero_is_unlimited() -> None:
+    s = settings(
+        {
+            "ratelimit": {
+                "sender_domain": [{"messages": 10, "recipients": 100, "per": "1m"}, {"messages": 500, "per": "1d"}],
+                "client_ip": {"messages": 0},
+                "domains": {"Big.Example.": {"exempt": True}, "free.example": {"recipient_domain": {"messages": 0}}},
+                "networks": {
+                    "10.0.0.0/8": {"exempt": True},
+                    "10.1.0.0/16": {"client_ip": {"messages": 5, "per": "1s"}},
+                },
+            }
+        }
+    )
+    assert s.defaults["sender_domain"] == (
+        Rule("messages", 10, 60.0),
+        Rule("recipients", 100, 60.0),
+        Rule("messages", 500, 86400.0),
+    )
+    assert s.defaults["client_ip"] == ()
+    assert s.domains["big.example"].exempt
+    assert s.domains["free.example"].kinds["recipient_domain"] == ()
+    assert [str(net) for net, _ in s.networks] == ["10.1.0.0/16", "10.0.0.0/8"]  # longest prefix first
+    assert s.networks[1][0] == ipaddress.ip_network("10.0.0.0/8")
+
+
+def test_cluster_and_sentinel_modes() -> None:
+    s = settings(
+        {
+            "redis": {"url": "redis://127.0.0.1:7000", "cluster": True, "cluster_nodes": ["127.0.0.1:7001"]},
+            "ratelimit": {},
+        }
+    )
+    assert s.redis.mode == "cluster" and s.redis.cluster_nodes == (("127.0.0.1", 7001),)
+    s = settings(
+        {
+            "redis": {"sentinels": ["127.0.0.1:26379", "[::1]:26380"], "service_name": "quorum", "timeout": "100ms"},
+            "ratelimit": {},
+        }
+    )
+    assert s.redis.mode == "sentinel"
+    assert s.redis.sentinels == (("127.0.0.1", 26379), ("::1", 26380))
+    assert s.redis.timeout == s.redis.connect_timeout == 0.1
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"ratelimit": {"sender_domain": {"messages": 5}}},
+            'ratelimit.sender_domain.per: missing; set the window, e.g. per = "1h"',
+        ),
+        ({"ratelimit": {"sender_domain": {"per": "1h"}}}, "ratelimit.sender_domain: set messages and/or recipients"),
+        (
+            {"ratelimit": {"sender_domain": {"messages": -1, "per": "1h"}}},
+            "ratelimit.sender_domain.messages: must be at least 0",
+        ),
+        (
+            {"ratelimit": {"sender_domain": {"messages": 5, "per": "soon"}}},
+            "ratelimit.sender_domain.per: expected seconds",
+        ),
+        (
+            {"ratelimit": {"sender_domain": {"messages": 5, "per": "1h", "burst": 3}}},
+            "ratelimit.sender_domain.burst: unknown key",
+        ),
+        ({"ratelimit": {"sender_domain": 500}}, "ratelimit.sender_domain: expected a table such as"),
+        (
+            {"ratelimit": {"sender_domain": [{"messages": 1, "per": "1h"}, {"messages": 2, "per": "60m"}]}},
+            "two limits count messages per 1h",
+        ),
+        ({"ratelimit": {"sender_domain": {"messages": 10**9, "per": "1s"}}}, "more than one per microsecond"),
+        ({"ratelimit": {"sender_domain": {"messages": 1, "per": "1.0001s"}}}, "must be whole milliseconds"),
+        ({"ratelimit": {"senders": {}}}, "ratelimit.senders: unknown key"),
+        (
+            {"ratelimit": {"domains": {"x.example": {"client_ip": {"messages": 1, "per": "1h"}}}}},
+            '[ratelimit.networks."192.0.2.0/24"]',
+        ),
+        ({"ratelimit": {"domains": {"user@x.example": {"exempt": True}}}}, "not a domain name"),
+        (
+            {"ratelimit": {"networks": {"10.0.0.300/8": {"exempt": True}}}},
+            "ratelimit.networks.10.0.0.300/8: not an IP address",
+        ),
+        ({"ratelimit": {"key_prefix": "{q}:"}}, "ratelimit.key_prefix: must not contain '{' or '}'"),
+        (
+            {"redis": {"url": "http://127.0.0.1:6379"}, "ratelimit": {}},
+            "redis.url: 'http://127.0.0.1:6379': use redis://",
+        ),
+        (
+            {"redis": {"cluster": True, "sentinels": ["h:1"], "service_name": "q"}, "ratelimit": {}},
+            "redis.cluster: a Redis Cluster is not used through Sentinel",
+        ),
+        ({"redis": {"sentinels": ["127.0.0.1:26379"]}, "ratelimit": {}}, "redis.service_name: missing"),
+        (
+            {"redis": {"sentinels": ["127.0.0.1:port"], "service_name": "q"}, "ratelimit": {}},
+            "redis.sentinels: '127.0.0.1:port' is not \"host:port\"",
+        ),
+        ({"redis": {"cluster_nodes": ["h:1"]}, "ratelimit": {}}, "redis.cluster_nodes: only used with cluster = true"),
+        ({"redis": {"timeout": "0"}, "ratelimit": {}}, "redis.timeout: must be at least 0.01"),
+        ({"redis": {"urll": "redis://x"}, "ratelimit": {}}, "redis.urll: unknown key"),
+    ],
+)
+def test_errors_name_the_key_and_the_fix(data: dict[str, Any], expected: str) -> None:
+    assert expected in errors(data)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(3600, "1h"), (600, "10m"), (90, "90s"), (0.5, "500ms"), (86400 * 2, "2d")]
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_rule_interval_is_whole_microseconds() -> None:
+    assert Rule("messages", 500, 3600.0).interval_us == 7_200_000
+    assert Rule("messages", 7, 3600.0).interval_us == 514_285_714
+    assert Rule("messages", 3, 0.05).interval_us == 16_667
+
+
+def test_no_limits_is_a_warning() -> None:
+    config = parse_config({"ratelimit": {"client_ip": {"messages": 0}}})
+    assert any("ratelimit: no limits configured" in w for w in config.warnings)
+    assert not parse_config(ISSUE_EXAMPLE).warnings
