@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compose-level end-to-end test of Quorum: build every image, bring the stack up, wait for
-# health (polled here, bounded), run tests/compose (pytest -m compose) through the published
+# health (polled here, bounded), run tests/compose (QUORUM_COMPOSE_TESTS=1 pytest -m compose;
+# tests/conftest.py skips compose tests without that variable) through the published
 # Postfix port, print a summary with timings, and ALWAYS tear the stack down (volumes too).
 #
 # Uses podman-compose if installed (run compose/podman-setup.sh once on a host without
@@ -156,6 +157,22 @@ phase_done "healthy"
 
 # --- end-to-end cases --------------------------------------------------------------------
 phase "pytest -m compose tests/compose"
+JUNIT=$(mktemp /tmp/quorum-compose-junit.XXXXXX)
 # shellcheck disable=SC2086
-"$PY" -m pytest -m compose tests/compose -v -s -p no:cacheprovider --durations=0 ${PYTEST_ARGS:-}
-phase_done "end-to-end tests"
+QUORUM_COMPOSE_TESTS=1 "$PY" -m pytest -m compose tests/compose -v -s -p no:cacheprovider --durations=0 \
+    --junitxml="$JUNIT" ${PYTEST_ARGS:-}
+# A skipped case is a failure here: the stack is up, every case must run.
+counts=$("$PY" - "$JUNIT" <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suite = root if root.tag == "testsuite" else root.find("testsuite")
+print(suite.get("tests", "0"), suite.get("skipped", "0"))
+PYEOF
+)
+rm -f "$JUNIT"
+read -r n_tests n_skipped <<<"$counts"
+if [[ $n_tests == 0 || $n_skipped != 0 ]]; then
+    echo "test-stack: $n_tests test(s) collected, $n_skipped skipped: every compose case must run" >&2
+    exit 1
+fi
+phase_done "end-to-end tests" "$n_tests passed"

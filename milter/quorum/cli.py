@@ -110,7 +110,7 @@ def cmd_check_config(config: Config) -> int:
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     from quorum.message import Message
     from quorum.pipeline.pipeline import Pipeline
-    from quorum.pipeline.stages import Session
+    from quorum.pipeline.stages import Reply, Session
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
@@ -126,7 +126,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         env.macros["i"] = "SCAN"
         if args.auth_user:
             env.macros["{auth_authen}"] = args.auth_user
-        early = pipeline.hook("connect", session) or pipeline.hook("helo", session)
+        early: Reply | None = pipeline.hook("connect", session) or pipeline.hook("helo", session)
         env.sender = args.sender
         early = early or pipeline.hook("mail_from", session)
         rcpt_replies: dict[str, str] = {}
@@ -144,6 +144,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         message = Message.from_bytes(raw, env, config.milter.body_memory_limit)
         try:
             result = pipeline.check(session, message)
+            pipeline.notify("aborted", session)  # a dry run: give back any rate-limit reservation
         finally:
             message.close()
             pipeline.close()
@@ -198,8 +199,8 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
             print(f"  why: {r}")
         for k, v in result.ctx.log.items():
             print(f"  {k}: {v}")
-        for rcpt, reply in rcpt_replies.items():
-            print(f"  rcpt {rcpt}: {reply}")
+        for rcpt, refused in rcpt_replies.items():
+            print(f"  rcpt {rcpt}: {refused}")
     return 0
 
 

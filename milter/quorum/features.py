@@ -1,7 +1,8 @@
 """Optional features, registered in one place (like Django's INSTALLED_APPS).
 
 Each feature parses its own config tables from the root table and builds its SMTP stage.
-Order matters: stages run in this order (access, DNSBL, rate limits, sender authentication).
+Order matters: stages run in registration order (the auth feature builds access, DNSBL, then
+SPF/DKIM/DMARC; rate limits come after, so an SPF result computed at MAIL FROM is visible to them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Each problem names the key (`engines.clamav.timeout`) and says how to fix it.
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, TypeVar
@@ -41,61 +42,61 @@ _SIZE_UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 class Table:
     """A view on one TOML table that knows its dotted path and records problems."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, problems: Problems) -> None:
+    def __init__(self, data: Mapping[builtins.str, Any], path: builtins.str, problems: Problems) -> None:
         self.data = data
         self.path = path
         self.problems = problems
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
-    def key(self, name: str) -> str:
+    def key(self, name: builtins.str) -> builtins.str:
         return f"{self.path}.{name}" if self.path else name
 
-    def _get(self, name: str, default: Any) -> Any:
+    def _get(self, name: builtins.str, default: Any) -> Any:
         self._seen.add(name)
         return self.data.get(name, default)
 
-    def _bad(self, name: str, expected: str, value: Any, default: T) -> T:
+    def _bad(self, name: builtins.str, expected: builtins.str, value: Any, default: T) -> T:
         self.problems.error(self.key(name), f"expected {expected}, got {value!r}; fix the value or remove the key")
         return default
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         value = self._get(name, default)
-        if not isinstance(value, str):
+        if not isinstance(value, builtins.str):
             return self._bad(name, "a string", value, default)
         return value
 
-    def opt_str(self, name: str) -> str | None:
+    def opt_str(self, name: builtins.str) -> builtins.str | None:
         value = self._get(name, None)
-        if value is None or isinstance(value, str):
+        if value is None or isinstance(value, builtins.str):
             return value
         return self._bad(name, "a string", value, None)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self._get(name, default)
-        if not isinstance(value, bool):
+        if not isinstance(value, builtins.bool):
             return self._bad(name, "true or false", value, default)
         return value
 
-    def int(self, name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(self, name: builtins.str, default: builtins.int, minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> builtins.int:
         value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, builtins.bool) or not isinstance(value, builtins.int):
             return self._bad(name, "a whole number", value, default)
         return self._range(name, value, default, minimum, maximum)
 
     def float(
-        self, name: str, default: float, minimum: float | None = None, maximum: float | None = None
-    ) -> float:
+        self, name: builtins.str, default: builtins.float, minimum: builtins.float | None = None, maximum: builtins.float | None = None
+    ) -> builtins.float:
         value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, builtins.bool) or not isinstance(value, (builtins.int, builtins.float)):
             return self._bad(name, "a number", value, default)
         return self._range(name, float(value), default, minimum, maximum)
 
-    def opt_float(self, name: str, minimum: float | None = None) -> float | None:
+    def opt_float(self, name: builtins.str, minimum: builtins.float | None = None) -> builtins.float | None:
         if self._get(name, None) is None:
             return None
         return self.float(name, 0.0, minimum)
 
-    def _range(self, name: str, value: Any, default: Any, lo: Any, hi: Any) -> Any:
+    def _range(self, name: builtins.str, value: Any, default: Any, lo: Any, hi: Any) -> Any:
         if lo is not None and value < lo:
             self.problems.error(self.key(name), f"must be at least {lo}, got {value}")
             return default
@@ -104,32 +105,32 @@ class Table:
             return default
         return value
 
-    def duration(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def duration(self, name: builtins.str, default: builtins.float, minimum: builtins.float = 0.0) -> builtins.float:
         """Seconds, from a number or a string such as "1h", "10m", "30s", "500ms"."""
         value = self._get(name, default)
-        if isinstance(value, bool):
+        if isinstance(value, builtins.bool):
             return self._bad(name, 'seconds or a duration such as "10m"', value, default)
-        if isinstance(value, (int, float)):
+        if isinstance(value, (builtins.int, builtins.float)):
             seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION.match(value)):
+        elif isinstance(value, builtins.str) and (m := _DURATION.match(value)):
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
         else:
             return self._bad(name, 'seconds or a duration such as "10m"', value, default)
         return self._range(name, seconds, default, minimum, None)
 
-    def size(self, name: str, default: int, minimum: int = 0) -> int:
+    def size(self, name: builtins.str, default: builtins.int, minimum: builtins.int = 0) -> builtins.int:
         """Bytes, from a number or a string such as "25M"."""
         value = self._get(name, default)
-        if isinstance(value, bool):
+        if isinstance(value, builtins.bool):
             return self._bad(name, 'bytes or a size such as "25M"', value, default)
-        if isinstance(value, int):
+        if isinstance(value, builtins.int):
             return self._range(name, value, default, minimum, None)
-        if isinstance(value, str) and (m := _SIZE.match(value)):
+        if isinstance(value, builtins.str) and (m := _SIZE.match(value)):
             unit = m.group(2).lower() if m.group(2) else None
             return self._range(name, int(m.group(1)) * _SIZE_UNITS[unit], default, minimum, None)
         return self._bad(name, 'bytes or a size such as "25M"', value, default)
 
-    def choice(self, name: str, default: str, choices: Iterable[str]) -> str:
+    def choice(self, name: builtins.str, default: builtins.str, choices: Iterable[builtins.str]) -> builtins.str:
         options = tuple(choices)
         value = self._get(name, default)
         if value not in options:
@@ -139,23 +140,23 @@ class Table:
             return default
         return str(value)
 
-    def str_list(self, name: str, default: list[str] | None = None) -> list[str]:
+    def str_list(self, name: builtins.str, default: list[builtins.str] | None = None) -> list[builtins.str]:
         value = self._get(name, default if default is not None else [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, builtins.str) for v in value):
             return self._bad(name, "a list of strings", value, list(default or []))
         return list(value)
 
-    def table(self, name: str) -> Table:
+    def table(self, name: builtins.str) -> Table:
         value = self._get(name, {})
         if not isinstance(value, Mapping):
             self._bad(name, "a table", value, None)
             value = {}
         return Table(value, self.key(name), self.problems)
 
-    def raw(self, name: str, default: Any = None) -> Any:
+    def raw(self, name: builtins.str, default: Any = None) -> Any:
         return self._get(name, default)
 
-    def reject_unknown(self, allowed_extra: Iterable[str] = ()) -> None:
+    def reject_unknown(self, allowed_extra: Iterable[builtins.str] = ()) -> None:
         """Report keys nobody read: usually a typo the operator wants to hear about."""
         for name in self.data:
             if name not in self._seen and name not in set(allowed_extra):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from typing import Callable
+from typing import Any, Callable
 
 from quorum.engines.base import ScanCall
 from quorum.message import Message
@@ -41,7 +41,7 @@ def fan_out(
         pool.submit(_examine, stage, session, message, ctx, deadline): stage for stage in stages
     }
     done: dict[str, Verdict] = {}
-    pending: set[Future[object]] = set(calls) | set(checks)  # type: ignore[arg-type]
+    pending: set[Future[Any]] = set(calls) | set(checks)
     early_exit = False
     next_progress = start + progress_interval
     while pending:
@@ -51,8 +51,8 @@ def fan_out(
         finished, pending = wait(pending, timeout=min(deadline, next_progress) - now, return_when=FIRST_COMPLETED)
         for fut in finished:
             if fut in calls:
-                runner, _ = calls[fut]  # type: ignore[index]
-                done[runner.name] = fut.result()  # type: ignore[assignment]
+                runner, _ = calls[fut]
+                done[runner.name] = fut.result()
         if progress and time.monotonic() >= next_progress:
             _safe(progress)
             next_progress = time.monotonic() + progress_interval
@@ -60,7 +60,7 @@ def fan_out(
             early_exit = True
             break
     verdicts = []
-    for fut, (runner, call) in calls.items():
+    for call_fut, (runner, call) in calls.items():
         if runner.name in done:
             verdicts.append(done[runner.name])
             continue
@@ -70,8 +70,8 @@ def fan_out(
             verdicts.append(runner.engine.verdict(Status.CANCELLED, elapsed=elapsed))
         else:
             verdicts.append(runner.engine.verdict(Status.ERROR, error="timeout", elapsed=elapsed))
-    for fut, stage in checks.items():
-        if not fut.done() and not early_exit:
+    for check_fut, stage in checks.items():
+        if not check_fut.done() and not early_exit:
             log.warning("stage %s did not finish before the scan deadline", stage.name)
             ctx.log[f"{stage.name}_timeout"] = "yes"
     return verdicts

@@ -53,6 +53,12 @@ def headers_to_add(d: Decision, ctx: ScanContext) -> list[tuple[str, str]]:
     return out
 
 
+def sanitise_header(value: str) -> str:
+    """A value for addheader: folds kept as LF+TAB (Postfix writes CRLF), each line sanitised."""
+    parts = [sanitise_reply(p, double_percent=False) for p in re.split(r"\r?\n[ \t]+", value) if p.strip()]
+    return "\n\t".join(parts)
+
+
 def sanitise_reply(text: str, double_percent: bool = True) -> str:
     """One line of printable text; `%` doubled because libmilter treats it as a format."""
     flat = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split())

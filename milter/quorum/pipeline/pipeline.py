@@ -103,6 +103,8 @@ class Pipeline:
             m.progress_interval,
         )
         decision = self.policy.decide(verdicts, ctx)
+        if decision.action not in (Action.ACCEPT, Action.TAG, Action.QUARANTINE):
+            return Result(decision, ctx)
         return Result(decision, ctx, headers_to_add(decision, ctx), self._removals(message, ctx))
 
     def _oversize(self, message: Message) -> Decision | None:

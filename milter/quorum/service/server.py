@@ -11,15 +11,17 @@ import stat
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import Milter
-import milter
 
 from quorum.service.app import App
 from quorum.service.session import ACTIONS, QuorumMilter
 
 log = logging.getLogger("quorum.service")
+# pymilter's C module, reached through Milter: a bare `import milter` would resolve to this
+# repository's source root for type checkers.
+milter: Any = Milter.milter
 
 
 def socket_spec(spec: str) -> tuple[str, str]:

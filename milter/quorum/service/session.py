@@ -13,7 +13,7 @@ from typing import Any
 import Milter
 
 from quorum.message import BodySpool, Envelope, Header, Message, crlf_value, text
-from quorum.pipeline.headers import sanitise_reply
+from quorum.pipeline.headers import sanitise_header, sanitise_reply
 from quorum.pipeline.pipeline import Pipeline
 from quorum.pipeline.stages import Action, Reply, Session
 from quorum.service.app import App
@@ -37,6 +37,7 @@ def strip_angle(addr: bytes) -> str:
     return value
 
 
+@Milter.header_leading_space
 class QuorumMilter(Milter.Base):  # type: ignore[misc]
     app: App  # set by the server before libmilter starts
 
@@ -129,7 +130,7 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
             for name, index in result.remove:
                 self.chgheader(name, index, None)
             for position, (name, value) in enumerate(result.add):
-                self.addheader(name, sanitise_reply(value, double_percent=False), position)
+                self.addheader(name, " " + sanitise_header(value), position)
             if decision.action is Action.QUARANTINE:
                 self.quarantine(sanitise_reply(decision.quarantine_reason or "held by Quorum", double_percent=False))
             return Milter.CONTINUE
@@ -188,5 +189,3 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
                 log.exception("setreply failed for %s", reply)
         return _RETURN.get(reply.action, Milter.CONTINUE)
 
-
-QuorumMilter = Milter.header_leading_space(QuorumMilter)

@@ -1,0 +1,128 @@
+"""Shared fixtures: real services on 127.0.0.1, started once per test session.
+
+Module-level tests build their own Quorum configs on top (see `mail_stack`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.clamd import Clamd
+from tests.harness.dns import DnsServer, zone_text
+from tests.harness.postfix import PostfixInstance
+from tests.harness.quorum import QuorumProcess
+from tests.harness.rspamd import Rspamd
+from tests.harness.sink import Sink
+from tests.harness.spamd import Spamd
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Compose tests need podman/docker and minutes of image builds: run them only when asked."""
+    if os.environ.get("QUORUM_COMPOSE_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="compose stack tests run via compose/test-stack.sh (QUORUM_COMPOSE_TESTS=1)")
+    for item in items:
+        if "compose" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    server = Clamd(tmp_path_factory.mktemp("clamd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def engines_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
+    """An authoritative server for the test domains, so rspamd never waits on an unreachable resolver."""
+    zones = {
+        "example.com": zone_text("example.com", [("@", "TXT", '"v=spf1 -all"'), ("@", "MX", "10 mx.example.com.")]),
+    }
+    server = DnsServer(tmp_path_factory.mktemp("engines-dns"), zones).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rspamd(tmp_path_factory: pytest.TempPathFactory, engines_dns: DnsServer) -> Iterator[Rspamd]:
+    server = Rspamd(tmp_path_factory.mktemp("rspamd"), engines_dns.port).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
+    server = Spamd(tmp_path_factory.mktemp("spamd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sink]:
+    server = Sink(tmp_path_factory.mktemp("sink"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def postfix(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[PostfixInstance]:
+    instance = PostfixInstance(tmp_path_factory.mktemp("postfix"), sink.port)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+class MailStack:
+    """Postfix -> Quorum (with the given config body) -> sink, for one test module."""
+
+    def __init__(self, workdir: Path, postfix: PostfixInstance, sink: Sink) -> None:
+        self.workdir = workdir
+        self.postfix = postfix
+        self.sink = sink
+        self.quorum: QuorumProcess | None = None
+
+    def start(self, body: str, unix: bool = False, milter_extra: str = "") -> QuorumProcess:
+        self.stop()
+        n = len(list(self.workdir.glob("quorum-*")))
+        self.quorum = QuorumProcess(self.workdir / f"quorum-{n}", body, unix=unix, milter_extra=milter_extra).start()
+        self.postfix.set_milter(self.quorum.postfix_address)
+        self.sink.clear()
+        return self.quorum
+
+    def stop(self) -> None:
+        if self.quorum is not None:
+            self.quorum.stop()
+            self.quorum = None
+
+
+@pytest.fixture(scope="module")
+def mail_stack(tmp_path_factory: pytest.TempPathFactory, postfix: PostfixInstance, sink: Sink) -> Iterator[MailStack]:
+    stack = MailStack(tmp_path_factory.mktemp("stack"), postfix, sink)
+    yield stack
+    stack.stop()
+
+
+_skipped_integration: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "integration" in report.keywords:
+        _skipped_integration.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With QUORUM_REQUIRE_INTEGRATION=1 (./run.sh test, CI) a skipped integration test fails the run."""
+    if os.environ.get("QUORUM_REQUIRE_INTEGRATION") == "1" and _skipped_integration:
+        print(f"\nFAILED: {len(_skipped_integration)} integration test(s) were skipped:")
+        for nodeid in _skipped_integration:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

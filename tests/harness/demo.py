@@ -1,0 +1,124 @@
+"""`./run.sh demo`: the whole stack on loopback with Quorum's embedded default config.
+
+Starts NSD (the only resolver rspamd may use), clamd :3310, rspamd :11333, spamd :783,
+redis :6379, `quorum run` (embedded default config, milter on 127.0.0.1:9900), a dedicated
+Postfix on 127.0.0.1:2525 and a sink; sends a clean, a virus and a spam message through
+Postfix and prints what happened to each. `--keep` leaves it running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.harness.clamd import Clamd
+from tests.harness.dns import DnsServer, zone_text
+from tests.harness.ports import port_open, wait_for_port
+from tests.harness.postfix import PostfixInstance
+from tests.harness.procs import Service
+from tests.harness.redis_server import RedisServer
+from tests.harness.rspamd import Rspamd
+from tests.harness.sink import Sink
+from tests.harness.smtp_client import send
+from tests.harness.spamd import Spamd
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+PORTS = {"clamd": 3310, "rspamd": 11333, "spamd": 783, "redis": 6379, "quorum": 9900, "postfix": 2525}
+SYSTEM_UNITS = ["clamav-daemon", "rspamd", "spamd", "redis-server", "postfix"]
+
+
+def message(subject: str, body: bytes) -> bytes:
+    head = (
+        f"From: Alice <alice@example.com>\r\nTo: Bob <bob@example.org>\r\nSubject: {subject}\r\n"
+        f"Date: {email.utils.formatdate(localtime=True)}\r\nMessage-ID: {email.utils.make_msgid(domain='example.com')}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    return head.encode() + body + b"\r\n"
+
+
+def free_fixed_ports() -> None:
+    busy = {name: port for name, port in PORTS.items() if port_open(port)}
+    if not busy:
+        return
+    print(f"ports in use: {busy}; stopping Debian's own services that package installation started")
+    subprocess.run(["systemctl", "stop", *SYSTEM_UNITS], check=False, capture_output=True)
+    time.sleep(1)
+    still = {name: port for name, port in PORTS.items() if port_open(port)}
+    if still:
+        sys.exit(f"demo: these ports are taken by something else: {still}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C")
+    args = parser.parse_args()
+    free_fixed_ports()
+    work = Path(tempfile.mkdtemp(prefix="quorum-demo-"))
+    started: list[object] = []
+    try:
+        dns = DnsServer(work / "dns", {"example.com": zone_text("example.com", [("@", "TXT", '"v=spf1 -all"')])})
+        started.append(dns.start())
+        clamd = Clamd(work / "clamd")
+        clamd.port = PORTS["clamd"]
+        started.append(clamd.start())
+        rspamd = Rspamd(work / "rspamd", dns.port)
+        rspamd.port = PORTS["rspamd"]
+        started.append(rspamd.start())
+        spamd = Spamd(work / "spamd")
+        spamd.port = PORTS["spamd"]
+        started.append(spamd.start())
+        redis = RedisServer(work / "redis", port=PORTS["redis"])
+        started.append(redis.start())
+        quorum = Service("quorum", work / "quorum")
+        quorum.spawn([sys.executable, "-m", "quorum", "run"], ready=lambda: port_open(PORTS["quorum"]), timeout=60)
+        started.append(quorum)
+        sink = Sink(work / "sink")
+        sink.start()
+        started.append(sink)
+        postfix = PostfixInstance(work / "postfix", sink.port, milter=f"inet:127.0.0.1:{PORTS['quorum']}")
+        postfix.smtp_port = PORTS["postfix"]
+        postfix.start()
+        started.append(postfix)
+        wait_for_port(PORTS["postfix"])
+        print(f"stack up in {work}: Postfix 127.0.0.1:{PORTS['postfix']} -> Quorum :9900 -> clamd, rspamd, spamd\n")
+        cases = [
+            ("clean", message("lunch tomorrow?", b"Hi Bob, shall we have lunch tomorrow at noon? Alice")),
+            ("virus", message("invoice", EICAR)),
+            ("spam", message("you won", b"Cheap offer!\r\n" + GTUBE)),
+        ]
+        for name, raw in cases:
+            result = send(PORTS["postfix"], "alice@example.com", ["bob@example.org"], raw)
+            print(f"{name:>5}: SMTP {result.code} {result.text}")
+            if result.code == 250:
+                delivered = sink.wait_for(len(sink.messages()) + 1, 30)[-1]
+                for header in ("X-Quorum-Verdict", "X-Quorum-Engines", "X-Spam-Flag"):
+                    value = delivered.header(header)
+                    if value:
+                        print(f"       delivered with {header}: {value}")
+        print("\nQuorum's log lines:")
+        for line in (work / "quorum" / "quorum.log").read_text(errors="replace").splitlines():
+            if "quorum.message" in line:
+                print("  " + line)
+        if args.keep:
+            print("\nrunning; Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for service in reversed(started):
+            try:
+                service.stop()  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - best-effort teardown
+                print(f"stopping {type(service).__name__}: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
