@@ -3,9 +3,9 @@
 #
 # Idempotent; safe to rerun.  Steps:
 #   1. apt-get install podman podman-compose runc debootstrap docker-compose (skipped if all present)
-#   2. /etc/containers/containers.conf: runc + cgroupfs + explicit ulimits + netavark
-#      (netavark/aardvark-dns give compose services name resolution)
-#      (crun fails on hybrid cgroups and on rlimits on our machines)
+#   2. /etc/containers/containers.conf: runc + cgroupfs + explicit ulimits (crun fails on
+#      hybrid cgroups and on rlimits on our machines) + netavark (with aardvark-dns it gives
+#      compose services name resolution)
 #   3. the base image debian:bookworm, built locally with debootstrap (no registry needed),
 #      also tagged docker.io/library/debian:bookworm so `FROM debian:bookworm` resolves offline.
 #      The rootfs tarball is cached in $QUORUM_COMPOSE_CACHE (default /var/cache/quorum-compose).
@@ -13,6 +13,7 @@
 # Environment:
 #   QUORUM_COMPOSE_CACHE   cache dir for the rootfs tarball
 #   DEBIAN_MIRROR          mirror for debootstrap and the image's apt sources (default deb.debian.org)
+#   DEBIAN_SECURITY_MIRROR security mirror for the image's apt sources
 #   QUORUM_REBUILD_BASE=1  rebuild the tarball and re-import the base image
 set -euo pipefail
 
@@ -21,7 +22,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 SUITE=bookworm
 TARBALL="$CACHE_DIR/debian-$SUITE-minbase.tar"
-BASE_TAGS=(debian:$SUITE docker.io/library/debian:$SUITE)
+BASE_TAGS=("debian:$SUITE" "docker.io/library/debian:$SUITE")
 PACKAGES=(podman podman-compose runc debootstrap docker-compose)
 
 t0=$(date +%s)

@@ -132,7 +132,7 @@ if [[ ${QUORUM_COMPOSE_NO_BUILD:-0} != 1 ]]; then
         done
     fi
     if [[ -n $ca && -s $ca ]]; then
-        CA_COPY=$REPO/compose/build-ca/test-stack-$$.crt
+        CA_COPY=$REPO/compose/build-ca/test-stack.crt
         cp "$ca" "$CA_COPY"
         echo "test-stack: pip in the quorum build trusts $ca as well"
     fi

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
+
+_FIELD_NAME = re.compile(rb"^[!-9;-~]+[ \t]*$")  # RFC 5322 field name (printable, no colon); Postfix allows blanks
 
 
 def text(raw: bytes) -> str:
@@ -18,8 +22,10 @@ def text(raw: bytes) -> str:
 
 def printable(value: str) -> str:
     """A log-safe form of a value that may hold surrogate escapes or control characters."""
-    return value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace").translate(
-        {i: "?" for i in range(32)}
+    return (
+        value.encode("utf-8", "backslashreplace")
+        .decode("ascii", "backslashreplace")
+        .translate({i: "?" for i in range(32)})
     )
 
 
@@ -195,13 +201,20 @@ class Message:
         if not sep:
             head, body = (data, b"") if b":" in data.split(b"\r\n", 1)[0] else (b"", data)
         headers: list[Header] = []
-        for line in head.split(b"\r\n") if head else []:
+        lines = head.split(b"\r\n") if head else []
+        if lines and lines[0].startswith(b"From "):  # an mbox separator line, as in saved .eml files
+            lines = lines[1:]
+        for i, line in enumerate(lines):
             if line[:1] in (b" ", b"\t") and headers:
                 last = headers[-1]
                 headers[-1] = Header(last.name, last.raw_value + b"\r\n" + line)
-            elif b":" in line:
-                name, _, value = line.partition(b":")
-                headers.append(Header(text(name.strip()), value))
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon or not _FIELD_NAME.match(name):
+                # Like Postfix: the first line that is not a header field starts the body.
+                body = b"\r\n".join(lines[i:]) + sep + body
+                break
+            headers.append(Header(text(name.rstrip(b" \t")), value))
         spool = BodySpool(memory_limit)
         spool.write(body)
         return cls(envelope or Envelope(), headers, spool)

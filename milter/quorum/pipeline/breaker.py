@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Callable
 
 
 class BreakerState(StrEnum):

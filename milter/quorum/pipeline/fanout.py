@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from typing import Any, Callable
+from typing import Any
 
 from quorum.engines.base import ScanCall
 from quorum.message import Message
@@ -60,7 +61,7 @@ def fan_out(
             early_exit = True
             break
     verdicts = []
-    for call_fut, (runner, call) in calls.items():
+    for _fut, (runner, call) in calls.items():
         if runner.name in done:
             verdicts.append(done[runner.name])
             continue

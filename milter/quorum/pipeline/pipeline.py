@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from quorum.config.model import Config
 from quorum.engines import build_engine
@@ -60,9 +60,7 @@ class Pipeline:
             except Exception:  # noqa: BLE001
                 log.exception("stage %s failed in %s", stage.name, name)
 
-    def check(
-        self, session: Session, message: Message, progress: Callable[[], None] | None = None
-    ) -> Result:
+    def check(self, session: Session, message: Message, progress: Callable[[], None] | None = None) -> Result:
         """Scan and decide. Never raises: an internal failure becomes a tempfail."""
         start = time.monotonic()
         ctx = ScanContext()
@@ -125,9 +123,7 @@ class Pipeline:
         for h in message.headers:
             key = h.name.lower()
             seen[key] = seen.get(key, 0) + 1
-            if is_ours(h.name) or any(
-                key == name.lower() and _matches(pred, h.raw_value) for name, pred in ctx.remove
-            ):
+            if is_ours(h.name) or any(key == name.lower() and _matches(pred, h.raw_value) for name, pred in ctx.remove):
                 out.append((h.name, seen[key]))
         return sorted(out, key=lambda x: (x[0].lower(), -x[1]))
 

@@ -6,8 +6,8 @@ DMARC), then spam (or failed spam scanning), then clean. Every step leaves a rea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from quorum.config.model import EngineSettings, PolicySettings
 from quorum.pipeline.stages import Action, Reply, ScanContext
@@ -62,8 +62,11 @@ class Policy:
         voting = [x.verdict for x in votes if x.voting]
         d = Decision(Action.ACCEPT, "clean", verdicts=verdicts + ctx.votes)
         d.degraded = [v.engine for v in voting if not v.status.answered and v.status is not Status.CANCELLED]
-        d.left_out = [f"{x.verdict.engine}:{'shadow' if not x.voting else x.verdict.status}" for x in votes
-                      if not x.voting or not x.verdict.status.answered]
+        d.left_out = [
+            f"{x.verdict.engine}:{'shadow' if not x.voting else x.verdict.status}"
+            for x in votes
+            if not x.voting or not x.verdict.status.answered
+        ]
         d.reasons.extend(ctx.reasons)
         av = [v for v in voting if v.category is Category.ANTIVIRUS]
         spam = [v for v in voting if v.category is Category.ANTISPAM]
@@ -74,13 +77,16 @@ class Policy:
         if av and not any(v.status.answered for v in av):
             failed = [v for v in av if v.status is Status.ERROR or v.detail == "circuit-open"]
             if failed:
-                d.reasons.append("no antivirus engine answered: " + ", ".join(f"{v.engine}={v.label()}" for v in failed))
+                d.reasons.append(
+                    "no antivirus engine answered: " + ", ".join(f"{v.engine}={v.label()}" for v in failed)
+                )
                 if p.on_engine_failure == "tempfail":
                     return self._finish(d, Action.TEMPFAIL, "unchecked", TEMPFAIL_AV)
                 d.label = "unchecked"
             else:
-                d.reasons.append("too large for every antivirus engine: passed unscanned")
                 d.label = "unchecked"
+                if any(v.status is Status.SKIPPED for v in av):  # not when cancelled: a stage decided first
+                    d.reasons.append("too large for every antivirus engine: passed unscanned")
         if ctx.reply is not None:
             return self._finish(d, ctx.reply.action, d.label, ctx.reply)
         return self._spam(d, spam, ctx)
@@ -91,7 +97,9 @@ class Policy:
         d.reasons.append(f"virus {names} found by {engines}")
         action = self.settings.on_virus
         if action == "reject":
-            return self._finish(d, Action.REJECT, "virus", Reply.reject("554", "5.7.1", f"message contains a virus ({names})"))
+            return self._finish(
+                d, Action.REJECT, "virus", Reply.reject("554", "5.7.1", f"message contains a virus ({names})")
+            )
         if action == "quarantine":
             d.quarantine_reason = f"virus {names} found by {engines}"
             return self._finish(d, Action.QUARANTINE, "virus")

@@ -44,7 +44,7 @@ class EngineRunner:
         start = time.monotonic()
         try:
             verdict = engine.scan(message, call)
-        except (EngineError, OSError, socket.timeout, ValueError) as exc:
+        except (TimeoutError, EngineError, OSError, ValueError) as exc:
             verdict = engine.verdict(Status.ERROR, error=self._reason(exc, call))
         except Exception as exc:  # noqa: BLE001 - an adapter bug must not reach the milter
             log.exception("engine %s raised", engine.name)
@@ -52,14 +52,22 @@ class EngineRunner:
         finally:
             self._slots.release()
         verdict = verdict.with_(elapsed=time.monotonic() - start)
-        if call.cancelled:
+        if call.cancelled and call.remaining() > 0:
+            # Early exit: the answer was settled without this engine. Not its failure.
             self.breaker.release()
-            return verdict.with_(status=Status.CANCELLED, detail=None, error=None) if not verdict.status.answered else verdict
+            return (
+                verdict.with_(status=Status.CANCELLED, detail=None, error=None)
+                if not verdict.status.answered
+                else verdict
+            )
+        if call.cancelled and not verdict.status.answered:
+            # Cancelled at the scan deadline: a timeout like any other, so a hung engine trips the breaker.
+            verdict = verdict.with_(status=Status.ERROR, error="timeout", detail=None)
         self._account(verdict)
         return verdict
 
     def _reason(self, exc: BaseException, call: ScanCall) -> str:
-        if call.cancelled:
+        if call.cancelled and call.remaining() > 0:
             return "cancelled"
         if isinstance(exc, (socket.timeout, TimeoutError)) or call.remaining() <= 0:
             return "timeout"

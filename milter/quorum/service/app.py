@@ -64,9 +64,7 @@ class App:
         old, self.pipeline, self.config = self.pipeline, pipeline, config
         for w in config.warnings:
             log.warning("config: %s", w)
-        log.info(
-            "reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none"
-        )
+        log.info("reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none")
         threading.Timer(config.milter.scan_deadline + 5, old.close).start()
         return True
 

@@ -1,0 +1,264 @@
+"""Config validation: every problem names its dotted key, all problems are reported at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quorum.cli import main as cli_main
+from quorum.config import DEFAULT_CONFIG, ConfigError, Problems, Table, load_config, parse_config
+
+
+def problems_of(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return info.value.problems
+
+
+def clamav(**keys: Any) -> dict[str, Any]:
+    return {"engines": {"clamav": {"type": "clamav", **keys}}}
+
+
+# --- the shipped default -----------------------------------------------------------------------
+
+
+def test_embedded_default_is_valid() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    assert config.warnings == ()
+    assert [e.name for e in config.enabled_engines] == ["clamav", "rspamd", "spamassassin"]
+    assert config.milter.scan_deadline == 30.0
+
+
+def test_empty_config_uses_defaults() -> None:
+    config = parse_config({})
+    assert config.engines == ()
+    assert config.milter.socket == "inet:9900@127.0.0.1"
+    assert config.policy.on_virus == "reject" and config.policy.on_engine_failure == "tempfail"
+
+
+# --- every error names the key -------------------------------------------------------------------
+
+BAD_VALUES = [
+    ({"milter": {"scan_deadline": "soon"}}, "milter.scan_deadline"),
+    ({"milter": {"scan_deadline": True}}, "milter.scan_deadline"),
+    ({"milter": {"scan_deadline": 0.01}}, "milter.scan_deadline"),
+    ({"milter": {"max_message_size": "25 MiB"}}, "milter.max_message_size"),
+    ({"milter": {"max_message_size": 10}}, "milter.max_message_size"),
+    ({"milter": {"max_message_size": 1.5}}, "milter.max_message_size"),
+    ({"milter": {"on_oversize": "drop"}}, "milter.on_oversize"),
+    ({"milter": {"socket": "tcp:9900"}}, "milter.socket"),
+    ({"milter": {"socket": 9900}}, "milter.socket"),
+    ({"milter": {"socket_mode": "rw-rw----"}}, "milter.socket_mode"),
+    ({"milter": {"workers": 1}}, "milter.workers"),
+    ({"milter": {"workers": "many"}}, "milter.workers"),
+    ({"milter": {"tmpdir": "/nonexistent/quorum"}}, "milter.tmpdir"),
+    ({"milter": {"log_level": "loud"}}, "milter.log_level"),
+    ({"milter": "inet:9900"}, "milter"),
+    ({"policy": {"on_virus": "bounce"}}, "policy.on_virus"),
+    ({"policy": {"on_engine_failure": "ignore"}}, "policy.on_engine_failure"),
+    ({"policy": {"spam_combine": "vote"}}, "policy.spam_combine"),
+    ({"policy": {"spam_quorum": 0}}, "policy.spam_quorum"),
+    ({"engines": {"x": {"type": "nope"}}}, "engines.x.type"),
+    ({"engines": {"x": {}}}, "engines.x.type"),
+    ({"engines": {"x": {"type": 3}}}, "engines.x.type"),
+    ({"engines": {"bad name": {"type": "clamav"}}}, "engines.bad name"),
+    ({"engines": "clamav"}, "engines"),
+    (clamav(address="nohost"), "engines.clamav.address"),
+    (clamav(timeout="fast"), "engines.clamav.timeout"),
+    (clamav(timeout=0), "engines.clamav.timeout"),
+    (clamav(max_size=0), "engines.clamav.max_size"),
+    (clamav(enabled="yes"), "engines.clamav.enabled"),
+    (clamav(mode="maybe"), "engines.clamav.mode"),
+    (clamav(weight=-1), "engines.clamav.weight"),
+    (clamav(concurrency=0), "engines.clamav.concurrency"),
+]
+
+
+@pytest.mark.parametrize(("data", "key"), BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_each_error_names_its_key(data: dict[str, Any], key: str) -> None:
+    problems = problems_of(data)
+    assert problems and all(p.startswith(f"{key}: ") for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"milterr": {}}, "milterr"),
+        ({"milter": {"scan_dedline": 10}}, "milter.scan_dedline"),
+        ({"policy": {"on_viruses": "reject"}}, "policy.on_viruses"),
+        (clamav(adress="127.0.0.1:3310"), "engines.clamav.adress"),
+    ],
+)
+def test_unknown_keys_are_flagged(data: dict[str, Any], key: str) -> None:
+    problems = problems_of(data)
+    assert problems == [f"{key}: unknown key; check the spelling (see README, Configuration)"]
+
+
+def test_all_problems_are_reported_together() -> None:
+    problems = problems_of(
+        {
+            "milter": {"scan_deadline": "soon", "bogus": 1},
+            "engines": {"x": {"type": "nope"}, "clamav": {"type": "clamav", "timeout": "fast"}},
+        }
+    )
+    keys = sorted(p.split(": ", 1)[0] for p in problems)
+    assert keys == ["engines.clamav.timeout", "engines.x.type", "milter.bogus", "milter.scan_deadline"]
+
+
+def test_messages_say_how_to_fix() -> None:
+    (bad_type,) = problems_of({"milter": {"scan_deadline": "soon"}})
+    assert 'expected seconds or a duration such as "10m"' in bad_type and "'soon'" in bad_type
+    (engine,) = problems_of({"engines": {"x": {"type": "nope"}}})
+    assert "use one of clamav | rspamd | spamassassin" in engine
+
+
+# --- durations and sizes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (30, 30.0),
+        (2.5, 2.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("10m", 600.0),
+        ("1h", 3600.0),
+        ("1d", 86400.0),
+        (" 1.5s ", 1.5),
+        ("45", 45.0),
+    ],
+)
+def test_durations(value: Any, seconds: float) -> None:
+    assert parse_config({"milter": {"scan_deadline": value}}).milter.scan_deadline == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["soon", "10 minutes", "-5s", "1h30m", "", [10]])
+def test_bad_durations(value: Any) -> None:
+    (problem,) = problems_of({"milter": {"scan_deadline": value}})
+    assert problem.startswith("milter.scan_deadline: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (100000, 100000),
+        ("2048", 2048),
+        ("100k", 102400),
+        ("100KB", 102400),
+        ("25M", 25 << 20),
+        ("25mb", 25 << 20),
+        ("1G", 1 << 30),
+    ],
+)
+def test_sizes(value: Any, size: int) -> None:
+    assert parse_config({"milter": {"max_message_size": value}}).milter.max_message_size == size
+
+
+@pytest.mark.parametrize("value", ["25 MiB", "1.5M", "big", "-1", True])
+def test_bad_sizes(value: Any) -> None:
+    (problem,) = problems_of({"milter": {"max_message_size": value}})
+    assert problem.startswith("milter.max_message_size: ")
+
+
+def test_table_getters_record_problems_without_raising() -> None:
+    problems = Problems()
+    t = Table({"n": "x", "d": "1m", "s": "1k", "l": ["a", 1]}, "sect", problems)
+    assert t.int("n", 7) == 7
+    assert t.duration("d", 0.0) == 60.0
+    assert t.size("s", 0) == 1024
+    assert t.str_list("l", ["z"]) == ["z"]
+    t.reject_unknown()
+    assert [p.split(":")[0] for p in problems.errors] == ["sect.n", "sect.l"]
+
+
+# --- cross checks --------------------------------------------------------------------------------
+
+
+def test_warning_when_antivirus_max_size_is_below_max_message_size() -> None:
+    config = parse_config({"milter": {"max_message_size": "25M"}, **clamav(max_size="10M")})
+    (warning,) = config.warnings
+    assert warning.startswith("engines.clamav.max_size: ") and "StreamMaxLength" in warning
+
+
+def test_no_warning_for_a_disabled_engine() -> None:
+    assert parse_config(clamav(max_size="10M", enabled=False)).warnings == ()
+
+
+def test_spam_quorum_larger_than_the_voters_is_an_error() -> None:
+    data = {"policy": {"spam_combine": "quorum", "spam_quorum": 3}, "engines": {"r": {"type": "rspamd"}}}
+    (problem,) = problems_of(data)
+    assert problem.startswith("policy.spam_quorum: ")
+
+
+def test_engine_defaults_and_disabled_engines() -> None:
+    config = parse_config(
+        {"engines": {"a": {"type": "clamav"}, "b": {"type": "clamav", "enabled": False, "address": "/run/c.sock"}}}
+    )
+    assert [e.name for e in config.engines] == ["a", "b"]
+    assert [e.name for e in config.enabled_engines] == ["a"]
+    assert config.engines[1].options == {"address": "/run/c.sock"}
+    assert config.engines[0].max_size == 25 * 1024 * 1024
+
+
+# --- load_config --------------------------------------------------------------------------------
+
+
+def test_load_config_reports_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[milter\nsocket = 1\n")
+    with pytest.raises(ConfigError, match="TOML syntax error"):
+        load_config(bad)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[milter]\nname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+
+
+# --- quorum check-config ------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "quorum.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_check_config_prints_every_problem_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[milter]\nscan_deadline = "soon"\n\n[engines.av]\ntype = "clamscan"\n')
+    assert cli_main(["check-config", "-c", path]) != 0
+    err = capsys.readouterr().err
+    assert "error: milter.scan_deadline: " in err
+    assert "error: engines.av.type: unknown engine type 'clamscan'" in err
+    assert "2 problem(s)" in err
+
+
+def test_check_config_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[engines.clamav]\ntype = "clamav"\naddress = "127.0.0.1:3310"\n')
+    assert cli_main(["check-config", "-c", path]) == 0
+    out = capsys.readouterr().out
+    assert "ok:" in out and "clamav (clamav)" in out and "warning" not in out
+
+
+def test_check_config_warns_about_engine_size_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[milter]\nmax_message_size = "25M"\n\n[engines.clamav]\ntype = "clamav"\nmax_size = "5M"\n')
+    assert cli_main(["check-config", "-c", path]) == 0
+    assert "warning: engines.clamav.max_size: " in capsys.readouterr().out
+
+
+def test_check_config_as_a_program(tmp_path: Path) -> None:
+    """The installed entry point, as an operator runs it (exit status included)."""
+    path = write(tmp_path, '[milter]\nscan_deadline = "soon"\n\n[engines.av]\ntype = "clamscan"\n')
+    bad = subprocess.run([sys.executable, "-m", "quorum", "check-config", "-c", path], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "milter.scan_deadline" in bad.stderr and "engines.av.type" in bad.stderr
+    good = subprocess.run(
+        [sys.executable, "-m", "quorum", "check-config", "-c", str(DEFAULT_CONFIG)], capture_output=True, text=True
+    )
+    assert good.returncode == 0, good.stderr

@@ -1,0 +1,362 @@
+"""Fan-out under one deadline, early exit and cancellation, and the runner's fault isolation
+(size limit, breaker, concurrency limit, exceptions), with fake engines."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+import pytest
+
+from quorum.config.model import EngineSettings, PolicySettings
+from quorum.engines.base import Engine, EngineError, ScanCall
+from quorum.message import Envelope, Message
+from quorum.pipeline.breaker import BreakerState, CircuitBreaker
+from quorum.pipeline.fanout import fan_out
+from quorum.pipeline.policy import Policy
+from quorum.pipeline.runner import EngineRunner
+from quorum.pipeline.stages import Reply, ScanContext, Session, Stage
+from quorum.verdict import Category, Status, Verdict
+
+Behaviour = Callable[["FakeEngine", ScanCall], Verdict]
+
+
+class FakeEngine(Engine):
+    """Runs `behaviour`; counts scans and remembers when the last one returned."""
+
+    type_name = "fake"
+    category: ClassVar[Category] = Category.ANTISPAM
+
+    def __init__(self, settings: EngineSettings, behaviour: Behaviour) -> None:
+        super().__init__(settings)
+        self.behaviour = behaviour
+        self.scans = 0
+        self.returned = threading.Event()
+
+    def scan(self, message: Message, call: ScanCall) -> Verdict:
+        self.scans += 1
+        try:
+            return self.behaviour(self, call)
+        finally:
+            self.returned.set()
+
+    def ping(self, timeout: float) -> None:
+        return None
+
+
+class FakeAV(FakeEngine):
+    category: ClassVar[Category] = Category.ANTIVIRUS
+
+
+def answer(status: Status, delay: float = 0.0, **kw: object) -> Behaviour:
+    def run(engine: FakeEngine, call: ScanCall) -> Verdict:
+        time.sleep(delay)
+        return engine.verdict(status, **kw)
+
+    return run
+
+
+def hang(engine: FakeEngine, call: ScanCall) -> Verdict:
+    """Blocked reading a socket the engine never answers on, like a wedged daemon. Its own I/O
+    timeout is longer than the call's budget: only `call.cancel()` can free the thread."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        call.track(ours)
+        ours.settimeout(call.remaining() + 30)
+        if ours.recv(1) == b"":
+            raise EngineError("connection closed")
+    raise EngineError("unexpected data")
+
+
+def raise_(exc: BaseException) -> Behaviour:
+    def run(engine: FakeEngine, call: ScanCall) -> Verdict:
+        raise exc
+
+    return run
+
+
+def runner(
+    name: str, behaviour: Behaviour, av: bool = False, clock: Callable[[], float] | None = None, **settings: object
+) -> EngineRunner:
+    s = EngineSettings(name, "fake", **settings)  # type: ignore[arg-type]
+    r = EngineRunner((FakeAV if av else FakeEngine)(s, behaviour))
+    if clock is not None:
+        r.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown, clock=clock)
+    return r
+
+
+def fake(r: EngineRunner) -> FakeEngine:
+    assert isinstance(r.engine, FakeEngine)
+    return r.engine
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(16) as executor:
+        yield executor
+
+
+def msg(size: int = 100) -> Message:
+    return Message.from_bytes(b"Subject: test\r\n\r\n" + b"x" * size + b"\r\n", Envelope(client_ip="192.0.2.1"))
+
+
+def run(
+    pool: ThreadPoolExecutor,
+    runners: list[EngineRunner],
+    seconds: float = 5.0,
+    stages: list[Stage] | None = None,
+    ctx: ScanContext | None = None,
+    on_virus: str = "reject",
+    **kw: object,
+) -> tuple[list[Verdict], float, ScanContext]:
+    ctx = ctx or ScanContext()
+    policy = Policy(PolicySettings(on_virus=on_virus), {r.name: r.settings for r in runners})
+    start = time.monotonic()
+    verdicts = fan_out(
+        pool,
+        runners,
+        stages or [],
+        Session(),
+        msg(),
+        ctx,
+        start + seconds,
+        policy.settled,
+        **kw,  # type: ignore[arg-type]
+    )
+    return verdicts, time.monotonic() - start, ctx
+
+
+def by_name(verdicts: list[Verdict]) -> dict[str, Verdict]:
+    return {v.engine: v for v in verdicts}
+
+
+def wait_returned(*runners: EngineRunner, timeout: float = 5.0) -> None:
+    for r in runners:
+        assert fake(r).returned.wait(timeout), f"{r.name} still blocked"
+    time.sleep(0.05)  # the runner accounts right after scan() returns
+
+
+# --- fan-out ---------------------------------------------------------------------------------------------
+
+
+def test_all_engines_answer_in_parallel(pool: ThreadPoolExecutor) -> None:
+    runners = [
+        runner("clamav", answer(Status.CLEAN, 0.3), av=True),
+        runner("rspamd", answer(Status.SPAM, 0.3, score=9.0, threshold=6.0)),
+        runner("spamassassin", answer(Status.CLEAN, 0.3)),
+    ]
+    verdicts, elapsed, _ = run(pool, runners)
+    assert [v.engine for v in verdicts] == ["clamav", "rspamd", "spamassassin"]
+    assert [v.status for v in verdicts] == [Status.CLEAN, Status.SPAM, Status.CLEAN]
+    assert elapsed < 0.8  # parallel, not 0.9 s in sequence
+    assert all(0.25 < v.elapsed < 0.8 for v in verdicts)
+
+
+def test_deadline_bounds_a_hung_engine(pool: ThreadPoolExecutor) -> None:
+    hung = runner("hung", hang, timeout=60.0)
+    fast = runner("rspamd", answer(Status.CLEAN))
+    verdicts, elapsed, _ = run(pool, [hung, fast], seconds=0.5)
+    assert 0.45 <= elapsed < 1.0
+    v = by_name(verdicts)
+    assert v["hung"].status is Status.ERROR and v["hung"].error == "timeout" and v["hung"].label() == "error(timeout)"
+    assert v["rspamd"].status is Status.CLEAN
+    wait_returned(hung, timeout=1.0)  # cancel() shut its socket down: the worker thread is free again
+
+
+def test_engine_timeout_shorter_than_the_deadline(pool: ThreadPoolExecutor) -> None:
+    def until_budget(engine: FakeEngine, call: ScanCall) -> Verdict:
+        time.sleep(call.remaining())
+        raise TimeoutError("timed out")
+
+    slow = runner("slow", until_budget, timeout=0.3)
+    verdicts, elapsed, _ = run(pool, [slow], seconds=5.0)
+    assert elapsed < 1.0 and verdicts[0].error == "timeout"
+
+
+def test_deadline_timeout_counts_for_the_breaker(pool: ThreadPoolExecutor) -> None:
+    """A hung engine must trip its breaker, or every message waits the full scan_deadline forever."""
+    hung = runner("hung", hang, timeout=60.0, breaker_failures=2)
+    run(pool, [hung], seconds=0.3)
+    wait_returned(hung)
+    assert hung.breaker.state is BreakerState.CLOSED
+    fake(hung).returned.clear()
+    run(pool, [hung], seconds=0.3)
+    wait_returned(hung)
+    assert hung.breaker.state is BreakerState.OPEN
+    verdicts, elapsed, _ = run(pool, [hung], seconds=0.3)
+    assert verdicts[0].label() == "skipped(circuit-open)" and elapsed < 0.1
+    assert fake(hung).scans == 2
+
+
+def test_early_exit_on_a_virus_cancels_the_rest(pool: ThreadPoolExecutor) -> None:
+    clamav = runner("clamav", answer(Status.INFECTED, names=("Eicar-Test-Signature",)), av=True)
+    rspamd = runner("rspamd", hang, breaker_failures=1)
+    spamassassin = runner("spamassassin", hang, breaker_failures=1)
+    verdicts, elapsed, _ = run(pool, [clamav, rspamd, spamassassin], seconds=10.0)
+    assert elapsed < 1.0
+    assert [v.status for v in verdicts] == [Status.INFECTED, Status.CANCELLED, Status.CANCELLED]
+    wait_returned(rspamd, spamassassin, timeout=1.0)
+    # cancelled is not a failure: with breaker_failures = 1 one counted failure would open them
+    assert rspamd.breaker.state is BreakerState.CLOSED and spamassassin.breaker.state is BreakerState.CLOSED
+
+
+def test_no_early_exit_when_a_virus_is_only_tagged(pool: ThreadPoolExecutor) -> None:
+    clamav = runner("clamav", answer(Status.INFECTED, names=("X",)), av=True)
+    rspamd = runner("rspamd", answer(Status.SPAM, 0.3))
+    verdicts, _, _ = run(pool, [clamav, rspamd], on_virus="tag")
+    assert [v.status for v in verdicts] == [Status.INFECTED, Status.SPAM]
+
+
+def test_shadow_virus_does_not_exit_early(pool: ThreadPoolExecutor) -> None:
+    shadow = runner("clamav2", answer(Status.INFECTED, names=("X",)), av=True, mode="shadow")
+    rspamd = runner("rspamd", answer(Status.CLEAN, 0.3))
+    verdicts, _, _ = run(pool, [shadow, rspamd])
+    assert [v.status for v in verdicts] == [Status.INFECTED, Status.CLEAN]
+
+
+def test_a_stage_reply_settles_and_cancels_engines(pool: ThreadPoolExecutor) -> None:
+    class Dmarc(Stage):
+        name = "dmarc"
+
+        def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
+            ctx.decide(Reply.reject("550", "5.7.1", "DMARC reject"), "dmarc=fail")
+
+    slow = runner("rspamd", hang)
+    verdicts, elapsed, ctx = run(pool, [slow], stages=[Dmarc()])
+    assert elapsed < 1.0 and verdicts[0].status is Status.CANCELLED
+    assert ctx.reply is not None and ctx.reply.code == "550"
+    wait_returned(slow, timeout=1.0)
+
+
+def test_early_exit_cancelling_a_probe_lets_the_next_message_probe(pool: ThreadPoolExecutor) -> None:
+    now = [0.0]
+    clamav = runner("clamav", answer(Status.INFECTED, names=("X",)), av=True)
+    rspamd = runner("rspamd", hang, clock=lambda: now[0], breaker_failures=1, breaker_cooldown=10)
+    rspamd.breaker.failure()
+    now[0] = 10.0  # half-open: the next scan is the probe
+    verdicts, _, _ = run(pool, [clamav, rspamd])
+    assert verdicts[1].status is Status.CANCELLED
+    wait_returned(rspamd)
+    assert rspamd.breaker.state is BreakerState.HALF_OPEN and rspamd.breaker.allow()
+
+
+def test_stage_failures_and_overruns_are_contained(pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Stage):
+        name = "broken"
+
+        def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
+            raise RuntimeError("bug")
+
+    class Slow(Stage):
+        name = "slow"
+
+        def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
+            time.sleep(1.0)
+
+    caplog.set_level(logging.WARNING)
+    verdicts, elapsed, ctx = run(pool, [runner("rspamd", answer(Status.CLEAN))], seconds=0.4, stages=[Broken(), Slow()])
+    assert verdicts[0].status is Status.CLEAN and elapsed < 0.9
+    assert ctx.log == {"broken_error": "yes", "slow_timeout": "yes"}
+    assert "stage broken failed at end-of-data" in caplog.text
+
+
+def test_progress_is_called_while_waiting(pool: ThreadPoolExecutor) -> None:
+    calls: list[float] = []
+    run(pool, [runner("slow", answer(Status.CLEAN, 2.3))], progress=lambda: calls.append(1.0), progress_interval=1.0)
+    assert len(calls) == 2
+
+    def broken() -> None:
+        raise OSError("Postfix went away")
+
+    verdicts, _, _ = run(pool, [runner("slow", answer(Status.CLEAN, 1.2))], progress=broken, progress_interval=1.0)
+    assert verdicts[0].status is Status.CLEAN
+
+
+# --- the runner: what reaches the engine, and what comes back --------------------------------------------
+
+
+def test_oversized_message_is_skipped_without_a_scan() -> None:
+    r = runner("spamassassin", answer(Status.CLEAN), max_size=50)
+    v = r.run(msg(100), ScanCall(time.monotonic() + 5))
+    assert v.label() == "skipped(too-large)" and fake(r).scans == 0
+    assert r.breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("exc", "error"),
+    [
+        (
+            EngineError("garbage reply b'\\x00\\x1b[31m'\r\nInjected: yes"),
+            "garbage reply b'\\x00\\x1b[31m' Injected: yes",
+        ),
+        (ConnectionResetError(104, "Connection reset by peer"), "[Errno 104] Connection reset by peer"),
+        (ValueError("invalid literal"), "invalid literal"),
+        (RuntimeError("adapter bug"), "internal RuntimeError"),
+        (KeyError("score"), "internal KeyError"),
+    ],
+)
+def test_every_failure_becomes_an_error_verdict(exc: Exception, error: str) -> None:
+    r = runner("e", raise_(exc))
+    v = r.run(msg(), ScanCall(time.monotonic() + 5))
+    assert v.status is Status.ERROR and v.error == error
+
+
+def test_breaker_opens_skips_and_probes() -> None:
+    now = [0.0]
+    outcome: list[Behaviour] = [raise_(EngineError("cannot connect"))]
+    r = runner("rspamd", lambda e, c: outcome[0](e, c), clock=lambda: now[0], breaker_failures=3, breaker_cooldown=30)
+    for _ in range(3):
+        assert r.run(msg(), ScanCall(time.monotonic() + 5)).status is Status.ERROR
+    assert r.breaker.state is BreakerState.OPEN
+    for _ in range(5):
+        assert r.run(msg(), ScanCall(time.monotonic() + 5)).label() == "skipped(circuit-open)"
+    assert fake(r).scans == 3
+    now[0] = 30.0
+    v = r.run(msg(), ScanCall(time.monotonic() + 5))  # the probe fails: open again
+    assert v.status is Status.ERROR and fake(r).scans == 4 and r.breaker.state is BreakerState.OPEN
+    now[0] = 60.0
+    outcome[0] = answer(Status.CLEAN)
+    assert r.run(msg(), ScanCall(time.monotonic() + 5)).status is Status.CLEAN  # the probe answers
+    assert r.breaker.state is BreakerState.CLOSED
+
+
+def test_breaker_state_changes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="quorum.engines")
+    now = [0.0]
+    outcome: list[Behaviour] = [raise_(EngineError("cannot connect"))]
+    r = runner("spamassassin", lambda e, c: outcome[0](e, c), clock=lambda: now[0], breaker_failures=2)
+    r.run(msg(), ScanCall(time.monotonic() + 5))
+    r.run(msg(), ScanCall(time.monotonic() + 5))
+    assert "engine spamassassin: circuit open after cannot connect (skipped for 30s)" in caplog.text
+    now[0] = 30.0
+    outcome[0] = answer(Status.CLEAN)
+    r.run(msg(), ScanCall(time.monotonic() + 5))
+    assert "engine spamassassin: answered again, circuit closed" in caplog.text
+
+
+def test_concurrency_limit(pool: ThreadPoolExecutor) -> None:
+    active = [0]
+    peak = [0]
+    lock = threading.Lock()
+
+    def slow(engine: FakeEngine, call: ScanCall) -> Verdict:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        with lock:
+            active[0] -= 1
+        return engine.verdict(Status.CLEAN)
+
+    r = runner("rspamd", slow, concurrency=2, breaker_failures=1)
+    futures = [pool.submit(r.run, msg(), ScanCall(time.monotonic() + 0.5)) for _ in range(6)]
+    verdicts = [f.result(5) for f in futures]
+    assert peak[0] == 2
+    statuses = sorted(v.label() for v in verdicts)
+    assert statuses == ["clean"] * 4 + ["error(busy)"] * 2  # 2 + 2 start within 0.5 s; 2 wait out their budget
+    assert r.breaker.state is BreakerState.CLOSED  # our own queueing is not the engine's failure
