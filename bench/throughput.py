@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from smtp_load import run_load  # noqa: E402
-
 from tests.harness.clamd import Clamd  # noqa: E402
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.quorum import QuorumProcess, engine_table  # noqa: E402
@@ -53,9 +52,7 @@ def quorum(work: Path, clamd: Clamd, transport: str) -> Iterator[QuorumProcess]:
 def measure(port: int, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
     run_load(port, WARMUP, min(args.concurrency, WARMUP), args.size, delivered=sink.count)
     sink.clear()
-    result = run_load(
-        port, args.count, args.concurrency, args.size, per_session=args.per_session, delivered=sink.count
-    )
+    result = run_load(port, args.count, args.concurrency, args.size, per_session=args.per_session, delivered=sink.count)
     verdicts: dict[str, int] = {}
     for msg in sink.messages():
         value = msg.header("X-Quorum-Verdict") or "-"

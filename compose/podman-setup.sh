@@ -5,7 +5,7 @@
 #   1. apt-get install podman podman-compose runc debootstrap docker-compose (skipped if all present)
 #   2. /etc/containers/containers.conf: runc + cgroupfs + explicit ulimits (crun fails on
 #      hybrid cgroups and on rlimits on our machines) + netavark (with aardvark-dns it gives
-#      compose services name resolution)
+#      compose services name resolution) + a 1 s resolver timeout (see dns_options below)
 #   3. the base image debian:bookworm, built locally with debootstrap (no registry needed),
 #      also tagged docker.io/library/debian:bookworm so `FROM debian:bookworm` resolves offline.
 #      The rootfs tarball is cached in $QUORUM_COMPOSE_CACHE (default /var/cache/quorum-compose).
@@ -53,6 +53,9 @@ conf=/etc/containers/containers.conf
 want='# Written by quorum compose/podman-setup.sh
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=1024:1024"]
+# aardvark-dns 1.4 drops queries while it reloads (whenever a container of the network
+# starts or stops); with the glibc default of 5 s per try a lookup then stalls 5-40 s.
+dns_options = ["timeout:1", "attempts:3"]
 
 [engine]
 runtime = "runc"

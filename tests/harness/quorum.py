@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -43,7 +46,11 @@ class QuorumProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.unix = unix
         self.port = free_port()
-        self.socket_path = self.workdir / "quorum.sock"
+        # Postfix's smtpd (user postfix) must reach the socket: pytest's temp dirs are 0700.
+        self._sockdir = tempfile.mkdtemp(prefix="quorum-sock-") if unix else None
+        if self._sockdir:
+            os.chmod(self._sockdir, 0o755)
+        self.socket_path = Path(self._sockdir or self.workdir) / "quorum.sock"
         self.pid_file = self.workdir / "quorum.pid"
         self.config_path = self.workdir / "quorum.toml"
         self.milter_extra = milter_extra
@@ -69,13 +76,21 @@ class QuorumProcess:
             f'pid_file = "{self.pid_file}"\n'
             'authserv_id = "mx.test.example"\n'
             "stop_timeout = 10\n"
+            + ('socket_group = "postfix"\n' if self.unix and "socket_group" not in self.milter_extra else "")
+            +
             f"{self.milter_extra}\n"
         )
         self.config_path.write_text(milter + self.body)
 
     def _ready(self) -> bool:
         if self.unix:
-            return self.socket_path.exists() and "listening on" in self.log_text()
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(0.5)
+                    s.connect(str(self.socket_path))
+                return True
+            except OSError:
+                return False
         return port_open(self.port)
 
     def start(self, timeout: float = 30.0) -> QuorumProcess:
@@ -85,6 +100,8 @@ class QuorumProcess:
 
     def stop(self) -> None:
         self.service.stop(timeout=20)
+        if self._sockdir:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
 
     def reload(self, body: str | None = None, wait: bool = True) -> None:
         """Rewrite the config (optional) and send SIGHUP like an operator's `kill -HUP`."""

@@ -165,7 +165,9 @@ def test_eicar_is_refused_whatever_the_spam_engines_say(
         _, result = submit(mail_stack, body, "Your invoice")
         assert result.code == 554, result
         # the harness clamd loads EICAR as an own (.UNOFFICIAL) signature
-        assert re.fullmatch(r"5\.7\.1 message contains a virus \(Eicar-Test-Signature(\.UNOFFICIAL)?\)", result.text), result
+        assert re.fullmatch(r"5\.7\.1 message contains a virus \(Eicar-Test-Signature(\.UNOFFICIAL)?\)", result.text), (
+            result
+        )
     lines = [line for line in quorum.message_lines() if "verdict=virus" in line]
     assert len(lines) == 2 and all("action=reject" in line and "clamav:infected" in line for line in lines)
     assert "Traceback" not in quorum.log_text()
@@ -173,7 +175,6 @@ def test_eicar_is_refused_whatever_the_spam_engines_say(
 
 def test_weighted_combination_through_postfix(mail_stack: MailStack, engines: tuple[Clamd, Rspamd, Spamd]) -> None:
     """GTUBE: rspamd score/threshold and SpamAssassin's 1000/5 (clamped to 2.0) averaged."""
-    _, rspamd, _ = engines
     quorum = mail_stack.start(
         config(*engines, policy='on_spam = "tag"\nspam_combine = "weighted"', rspamd_extra="weight = 3.0\n")
     )

@@ -110,8 +110,11 @@ def use(stack: MailStack, body: str, unix: bool = False, milter_extra: str = "")
         workdir = Path(tempfile.mkdtemp(prefix="quorum-spine-"))
         workdir.chmod(0o755)
         _SOCKET_DIRS.append(workdir)
-        extra = milter_extra + 'socket_group = "postfix"\n'
-        quorum = QuorumProcess(workdir, body, unix=True, milter_extra=extra).start()
+        quorum = QuorumProcess(workdir, body, unix=True, milter_extra=milter_extra)
+        if "socket_group" not in quorum.config_path.read_text():
+            quorum.milter_extra += 'socket_group = "postfix"\n'
+            quorum.write_config()
+        quorum.start()
         stack.quorum = quorum
         stack.postfix.set_milter(quorum.postfix_address)
         stack.sink.clear()

@@ -136,7 +136,7 @@ def test_hung_engine_becomes_a_timeout_within_the_deadline(pool: ThreadPoolExecu
     start = time.monotonic()
     result = run(pool, cfg)
     elapsed = time.monotonic() - start
-    assert elapsed < 0.5 + 1.0, elapsed  # the deadline plus scheduling slack, nowhere near the hang
+    assert elapsed < 0.5 + 2.0, elapsed  # the deadline plus scheduling slack, nowhere near the 60 s hang
     hung = by_engine(result)["hung"]
     assert (hung.status, hung.error) == (Status.ERROR, "timeout")
     assert by_engine(result)["good"].status is Status.CLEAN
@@ -170,11 +170,11 @@ def test_real_adapter_against_a_hanging_server_is_cancelled(pool: ThreadPoolExec
         )
         start = time.monotonic()
         result = run(pool, cfg)
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 3.0
         assert by_engine(result)["clamav"].error == "timeout"
         assert result.decision.action is Action.TEMPFAIL
         pool.shutdown(wait=True)  # returns: no worker is stuck on the hung socket
-        assert time.monotonic() - start < 3.0
+        assert time.monotonic() - start < 4.0
 
 
 def test_adapter_exception_becomes_an_error_verdict(pool: ThreadPoolExecutor) -> None:

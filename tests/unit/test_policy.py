@@ -10,7 +10,7 @@ import pytest
 
 from quorum.config.model import EngineSettings, PolicySettings
 from quorum.engines.rspamd import Rspamd, parse_reply
-from quorum.pipeline.headers import headers_to_add, verdict_value
+from quorum.pipeline.headers import headers_to_add, sanitise_header, verdict_value
 from quorum.pipeline.policy import Decision, Policy
 from quorum.pipeline.stages import Action, Reply, ScanContext
 from quorum.verdict import Category, Status, Verdict
@@ -397,3 +397,19 @@ def test_spam_flag_from_a_stage() -> None:
     ctx = ScanContext(spam_flag=True)
     d = decide(policy(ALL3), av("clamav"), sp("rspamd", 0.0), ctx=ctx)
     assert d.action is Action.TAG and d.label == "spam"
+
+
+def test_a_long_engine_list_is_folded_not_cut() -> None:
+    """Twelve engines with long error details: every item survives the per-line cap of 400."""
+    failures = [Verdict(f"engine{i}", Category.ANTISPAM, Status.ERROR, error="x" * 70 + f" #{i}") for i in range(12)]
+    p = policy(engines("rspamd"))
+    d = decide(p, sp("rspamd", 1.0), *failures)
+    value = dict(headers_to_add(d, ScanContext()))["X-Quorum-Engines"]
+    lines = sanitise_header(value).split("\n\t")
+    assert len(lines) > 1 and all(len(line) <= 200 for line in lines)
+    items = [item.strip() for item in " ".join(lines).split(",")]
+    assert items[0] == "rspamd=clean(1.00/5.00)"
+    assert items[1:] == [f"engine{i}=error({'x' * 70} #{i})" for i in range(12)]
+    # a short list stays on one line
+    d = decide(p, sp("rspamd", 1.0), failures[0])
+    assert "\n" not in dict(headers_to_add(d, ScanContext()))["X-Quorum-Engines"]

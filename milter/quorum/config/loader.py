@@ -106,8 +106,10 @@ def _engines(t: Table, problems: Problems) -> tuple[EngineSettings, ...]:
         if not _ENGINE_NAME.match(name):
             problems.error(et.path, "engine names may hold letters, digits, '-' and '_' only; rename the table")
         type_name = et.str("type", "")
-        if not type_name:
+        if not type_name and "type" not in et.data:
             problems.error(et.key("type"), f"missing; set type to one of {' | '.join(ENGINE_TYPES)}")
+            continue
+        if not type_name:
             continue
         try:
             cls = adapter_class(type_name)

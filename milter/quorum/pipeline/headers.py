@@ -13,6 +13,7 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
 
 OWN_HEADER_PREFIX = "x-quorum-"
 FORGEABLE = ("x-spam-flag", "x-spam-status")
+FOLD_WIDTH = 200
 
 
 def is_ours(name: str) -> bool:
@@ -30,6 +31,20 @@ def engine_item(v: Verdict) -> str:
     return f"{name}={status}({detail})" if detail else f"{name}={status}"
 
 
+def fold_items(items: list[str], width: int = FOLD_WIDTH) -> str:
+    """`a, b, c` on one line while it fits in `width`, else folded after a comma (LF+TAB), so a
+    long engine list is never cut by the per-line cap of `sanitise_header`."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += ", " + item
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(item)
+    return "\n\t".join(lines)
+
+
 def verdict_value(d: Decision) -> str:
     value = d.label
     if d.label == "spam":
@@ -45,7 +60,7 @@ def headers_to_add(d: Decision, ctx: ScanContext) -> list[tuple[str, str]]:
     out = list(ctx.headers)
     out.append(("X-Quorum-Verdict", verdict_value(d)))
     if d.verdicts:
-        out.append(("X-Quorum-Engines", ", ".join(engine_item(v) for v in d.verdicts)))
+        out.append(("X-Quorum-Engines", fold_items([engine_item(v) for v in d.verdicts])))
     if d.label == "spam":
         out.append(("X-Spam-Flag", "YES"))
     if d.action is Action.QUARANTINE and d.quarantine_reason:

@@ -153,16 +153,21 @@ class Pipeline:
             msglog.warning("qid=%s quarantined: %s", env.queue_id or "-", d.quarantine_reason)
 
     def close(self) -> None:
-        for runner in self.runners:
-            try:
-                runner.engine.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing engine %s failed", runner.name, exc_info=True)
-        for stage in self.stages:
-            try:
-                stage.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing stage %s failed", stage.name, exc_info=True)
+        close_parts(self.runners, self.stages)
+
+
+def close_parts(runners: list[EngineRunner], stages: list[Stage]) -> None:
+    """Release engines' and stages' connections (also used on a replaced pipeline, see App.reload)."""
+    for runner in runners:
+        try:
+            runner.engine.close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing engine %s failed", runner.name, exc_info=True)
+    for stage in stages:
+        try:
+            stage.close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing stage %s failed", stage.name, exc_info=True)
 
 
 def _matches(pred: object, raw: bytes) -> bool:

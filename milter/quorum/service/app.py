@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from quorum.config import Config, ConfigError, load_config
-from quorum.pipeline.pipeline import Pipeline
+from quorum.pipeline.pipeline import Pipeline, close_parts
 
 log = logging.getLogger("quorum.service")
 
@@ -21,6 +22,7 @@ class App:
         self._lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition(self._lock)
+        self.draining = False  # set by drain(): new SMTP sessions are refused with a 4xx
 
     def session_started(self) -> None:
         with self._lock:
@@ -40,6 +42,15 @@ class App:
     def wait_idle(self, timeout: float) -> bool:
         with self._lock:
             return self._idle.wait_for(lambda: self._active <= 0, timeout)
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new sessions from now on and wait up to `timeout` for those in flight to end.
+
+        The caller stops libmilter only afterwards: with Debian's libmilter (workers pool),
+        smfi_stop() also stops reading the connections that are still open.
+        """
+        self.draining = True
+        return self.wait_idle(timeout)
 
     def reload(self, path: str | None = None) -> bool:
         """Build a new pipeline from the file; keep the old one if the new config is invalid.
@@ -65,7 +76,9 @@ class App:
         for w in config.warnings:
             log.warning("config: %s", w)
         log.info("reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none")
-        threading.Timer(config.milter.scan_deadline + 5, old.close).start()
+        # A transaction that began before the reload keeps using the old pipeline however long
+        # the client takes: close its engines and stages when the last session lets go of it.
+        weakref.finalize(old, close_parts, old.runners, old.stages)
         return True
 
     def close(self) -> None:

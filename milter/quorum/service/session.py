@@ -12,7 +12,7 @@ from typing import Any
 
 import Milter
 
-from quorum.message import BodySpool, Envelope, Header, Message, crlf_value, text
+from quorum.message import BodySpool, Header, Message, crlf_value, text
 from quorum.pipeline.headers import sanitise_header, sanitise_reply
 from quorum.pipeline.pipeline import Pipeline
 from quorum.pipeline.stages import Action, Reply, Session
@@ -188,4 +188,3 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - the code still goes out without our text
                 log.exception("setreply failed for %s", reply)
         return _RETURN.get(reply.action, Milter.CONTINUE)
-

@@ -59,10 +59,11 @@ class Supervisor:
             log.warning("SIGHUP: running on the embedded default config; nothing to reload")
             return
         try:
-            load_config(self.config_path)
+            config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", "; ".join(exc.problems))
             return
+        self.stop_timeout = config.milter.stop_timeout  # the worker drains with the new value
         log.info("SIGHUP: reloading %s", self.config_path)
         self._send("reload")
 

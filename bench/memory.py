@@ -1,0 +1,180 @@
+"""Peak memory of `quorum run` while large messages pass through Postfix and ClamAV concurrently.
+
+    .venv/bin/python bench/memory.py [--count 20] [--concurrency 20] [--size-mb 20] [--json]
+
+Starts its own clamd, sink, Postfix and Quorum (tests/harness). Limits are raised to fit the
+messages: Postfix `message_size_limit`, Quorum `max_message_size` and the engine's `max_size`,
+and clamd's StreamMaxLength/MaxFileSize/MaxScanSize when the messages would exceed them.
+Peak RSS is the kernel's high-water mark (VmHWM in /proc/PID/status) of the supervisor and
+of the milter worker process, read once before the load (idle) and after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from tests.harness.clamd import Clamd  # noqa: E402
+from tests.harness.postfix import PostfixInstance  # noqa: E402
+from tests.harness.quorum import QuorumProcess, engine_table  # noqa: E402
+from tests.harness.sink import Sink  # noqa: E402
+from tests.harness.smtp_client import send  # noqa: E402
+
+MB = 1024 * 1024
+LINE = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
+
+
+class BigClamd(Clamd):
+    """The harness clamd with its stream/file/scan size limits raised to `limit_mb`."""
+
+    def __init__(self, workdir: Path, limit_mb: int) -> None:
+        super().__init__(workdir)
+        self.limit_mb = limit_mb
+
+    def _write_config(self) -> Path:
+        conf = super()._write_config()
+        text = conf.read_text()
+        for key in ("StreamMaxLength", "MaxFileSize"):
+            text = re.sub(rf"(?m)^{key} .*$", f"{key} {self.limit_mb}M", text)
+        text = re.sub(r"(?m)^MaxScanSize .*$", f"MaxScanSize {max(100, 4 * self.limit_mb)}M", text)
+        conf.write_text(text)
+        return conf
+
+
+def big_message(seq: int, size: int) -> bytes:
+    head = (
+        f"From: Big <big@bench.example>\r\nTo: Sink <sink@bench.example>\r\nSubject: big #{seq}\r\n"
+        f"Message-ID: <big.{seq}.{time.time_ns()}@bench.example>\r\n\r\n"
+    ).encode()
+    return head + LINE * ((size - len(head)) // len(LINE))
+
+
+def vm_hwm_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size_mb * MB
+    limit_mb = int(args.size_mb * 1.5) + 1  # headroom for Received:/our headers and the envelope
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quorum-memory-")))
+        clamd = stack.enter_context(BigClamd(work / "clamd", limit_mb))
+        sink = stack.enter_context(Sink(work / "sink"))
+        postfix = stack.enter_context(PostfixInstance(work / "postfix", sink.port, milter=None))
+        postfix.set_main({"message_size_limit": str((limit_mb + 1) * MB)})
+        body = '[policy]\non_virus = "reject"\non_engine_failure = "tempfail"\n\n' + engine_table(
+            "clamav", "clamav", address=clamd.address, max_size=f"{limit_mb}M", timeout="120s"
+        )
+        extra = f'max_message_size = "{limit_mb}M"\nscan_deadline = "180s"\n'
+        proc = stack.enter_context(QuorumProcess(work / "quorum", body, milter_extra=extra))
+        postfix.set_milter(proc.postfix_address)
+        supervisor = proc.pid
+        assert supervisor is not None
+        (worker,) = proc.worker_pids()
+
+        warm = send(postfix.smtp_port, "big@bench.example", ["sink@bench.example"], big_message(0, MB))
+        sink.wait_for(1, timeout=60)
+        sink.clear()
+        idle = {"supervisor": vm_hwm_kb(supervisor), "worker": vm_hwm_kb(worker)}
+
+        messages = [big_message(i + 1, size) for i in range(args.count)]
+        replies: dict[int, int] = {}
+        lock = threading.Lock()
+        sampled = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.05):
+                sampled[0] = max(sampled[0], rss_kb(worker))
+
+        def sender(share: list[bytes]) -> None:
+            for raw in share:
+                code = send(postfix.smtp_port, "big@bench.example", ["sink@bench.example"], raw, timeout=600).code
+                with lock:
+                    replies[code] = replies.get(code, 0) + 1
+
+        shares = [messages[i :: args.concurrency] for i in range(args.concurrency)]
+        threads = [threading.Thread(target=sender, args=(s,)) for s in shares if s]
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        smtp_seconds = time.monotonic() - start
+        accepted = replies.get(250, 0)
+        got = len(sink.wait_for(accepted, timeout=600)) if accepted else 0
+        delivered_seconds = time.monotonic() - start
+        stop.set()
+        sampler.join()
+        peak = {"supervisor": vm_hwm_kb(supervisor), "worker": vm_hwm_kb(worker)}
+        verdicts = sorted({m.header("X-Quorum-Verdict") or "-" for m in sink.messages()})
+        return {
+            "count": args.count,
+            "concurrency": args.concurrency,
+            "message_bytes": len(messages[0]),
+            "warmup_reply": warm.code,
+            "replies": replies,
+            "delivered": got,
+            "x_quorum_verdict": verdicts,
+            "smtp_seconds": round(smtp_seconds, 2),
+            "smtp_msg_per_s": round(accepted / smtp_seconds, 2) if smtp_seconds else 0.0,
+            "delivered_msg_per_s": round(got / delivered_seconds, 2) if delivered_seconds else 0.0,
+            "mb_per_s": round(accepted * len(messages[0]) / MB / smtp_seconds, 1) if smtp_seconds else 0.0,
+            "idle_hwm_mb": {k: round(v / 1024, 1) for k, v in idle.items()},
+            "peak_hwm_mb": {k: round(v / 1024, 1) for k, v in peak.items()},
+            "peak_hwm_total_mb": round(sum(peak.values()) / 1024, 1),
+            "worker_rss_sampled_max_mb": round(sampled[0] / 1024, 1),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--size-mb", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    r = run(args)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['count']} messages of {r['message_bytes'] / MB:.1f} MiB, {r['concurrency']} concurrent SMTP sessions")
+    print(f"replies: {r['replies']}  delivered: {r['delivered']}  X-Quorum-Verdict: {r['x_quorum_verdict']}")
+    print(
+        f"throughput: {r['smtp_msg_per_s']} msg/s accepted ({r['mb_per_s']} MiB/s), "
+        f"{r['delivered_msg_per_s']} msg/s delivered"
+    )
+    print(f"idle VmHWM:  supervisor {r['idle_hwm_mb']['supervisor']} MB, worker {r['idle_hwm_mb']['worker']} MB")
+    print(
+        f"peak VmHWM:  supervisor {r['peak_hwm_mb']['supervisor']} MB, worker {r['peak_hwm_mb']['worker']} MB, "
+        f"total {r['peak_hwm_total_mb']} MB (worker VmRSS sampled max {r['worker_rss_sampled_max_mb']} MB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
