@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.harness.clamd import Clamd
 from tests.harness.dns import DnsServer, zone_text
 from tests.harness.postfix import PostfixInstance

@@ -205,8 +205,12 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _print_early(args: argparse.Namespace, reply: Any, rcpt_replies: dict[str, str]) -> int:
-    out = {"verdict": "refused-before-data", "action": str(reply.action), "reply": str(reply),
-           "recipients_refused": rcpt_replies}
+    out = {
+        "verdict": "refused-before-data",
+        "action": str(reply.action),
+        "reply": str(reply),
+        "recipients_refused": rcpt_replies,
+    }
     print(json.dumps(out, indent=2) if args.json else f"refused before DATA: {reply}")
     return 0
 
@@ -225,7 +229,9 @@ def cmd_health(args: argparse.Namespace, config: Config) -> int:
         else:
             port, _, host = rest.partition("@")
             host = host or "127.0.0.1"
-            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", int(port)), args.timeout):
+            with socket.create_connection(
+                (host if host not in ("0.0.0.0", "::") else "127.0.0.1", int(port)), args.timeout
+            ):
                 pass
         print(f"ok   milter {spec}")
     except OSError as exc:
@@ -248,8 +254,11 @@ def cmd_health(args: argparse.Namespace, config: Config) -> int:
 def cmd_reload(config: Config) -> int:
     pid_file = config.milter.pid_file
     if not pid_file:
-        print("error: milter.pid_file is not set; set it (e.g. /run/quorum/quorum.pid) or send SIGHUP to the "
-              "`quorum run` process yourself", file=sys.stderr)
+        print(
+            "error: milter.pid_file is not set; set it (e.g. /run/quorum/quorum.pid) or send SIGHUP to the "
+            "`quorum run` process yourself",
+            file=sys.stderr,
+        )
         return 2
     try:
         pid = int(Path(pid_file).read_text().strip())

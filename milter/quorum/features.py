@@ -8,8 +8,9 @@ SPF/DKIM/DMARC; rate limits come after, so an SPF result computed at MAIL FROM i
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from quorum.config import Config, Table

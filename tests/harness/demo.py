@@ -36,7 +36,8 @@ SYSTEM_UNITS = ["clamav-daemon", "rspamd", "spamd", "redis-server", "postfix"]
 def message(subject: str, body: bytes) -> bytes:
     head = (
         f"From: Alice <alice@example.com>\r\nTo: Bob <bob@example.org>\r\nSubject: {subject}\r\n"
-        f"Date: {email.utils.formatdate(localtime=True)}\r\nMessage-ID: {email.utils.make_msgid(domain='example.com')}\r\n"
+        f"Date: {email.utils.formatdate(localtime=True)}\r\n"
+        f"Message-ID: {email.utils.make_msgid(domain='example.com')}\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     )
     return head.encode() + body + b"\r\n"

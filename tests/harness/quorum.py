@@ -7,8 +7,8 @@ import re
 import shutil
 import signal
 import socket
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,8 +77,7 @@ class QuorumProcess:
             'authserv_id = "mx.test.example"\n'
             "stop_timeout = 10\n"
             + ('socket_group = "postfix"\n' if self.unix and "socket_group" not in self.milter_extra else "")
-            +
-            f"{self.milter_extra}\n"
+            + f"{self.milter_extra}\n"
         )
         self.config_path.write_text(milter + self.body)
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -77,14 +78,24 @@ class Table:
             return self._bad(name, "true or false", value, default)
         return value
 
-    def int(self, name: builtins.str, default: builtins.int, minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> builtins.int:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
         value = self._get(name, default)
         if isinstance(value, builtins.bool) or not isinstance(value, builtins.int):
             return self._bad(name, "a whole number", value, default)
         return self._range(name, value, default, minimum, maximum)
 
     def float(
-        self, name: builtins.str, default: builtins.float, minimum: builtins.float | None = None, maximum: builtins.float | None = None
+        self,
+        name: builtins.str,
+        default: builtins.float,
+        minimum: builtins.float | None = None,
+        maximum: builtins.float | None = None,
     ) -> builtins.float:
         value = self._get(name, default)
         if isinstance(value, builtins.bool) or not isinstance(value, (builtins.int, builtins.float)):
@@ -134,9 +145,7 @@ class Table:
         options = tuple(choices)
         value = self._get(name, default)
         if value not in options:
-            self.problems.error(
-                self.key(name), f"must be one of {' | '.join(options)}, got {value!r}"
-            )
+            self.problems.error(self.key(name), f"must be one of {' | '.join(options)}, got {value!r}")
             return default
         return str(value)
 

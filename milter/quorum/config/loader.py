@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from quorum.config import model
 from quorum.config.fields import ConfigError, Problems, Table
@@ -51,7 +52,10 @@ def _milter(t: Table) -> MilterSettings:
     d = MilterSettings()
     socket = t.str("socket", d.socket)
     if not _SOCKET.match(socket):
-        t.problems.error(t.key("socket"), f'{socket!r} is not a libmilter socket; use "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path"')
+        t.problems.error(
+            t.key("socket"),
+            f'{socket!r} is not a libmilter socket; use "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path"',
+        )
     mode = t.opt_str("socket_mode")
     socket_mode = None
     if mode is not None:

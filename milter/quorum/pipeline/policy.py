@@ -61,7 +61,8 @@ class Policy:
         votes = [self._vote(v) for v in verdicts + ctx.votes]
         voting = [x.verdict for x in votes if x.voting]
         d = Decision(Action.ACCEPT, "clean", verdicts=verdicts + ctx.votes)
-        d.degraded = [v.engine for v in voting if not v.status.answered and v.status is not Status.CANCELLED]
+        # degraded: an engine that should have answered and did not (a size skip is not a failure)
+        d.degraded = [v.engine for v in voting if v.status is Status.ERROR or v.detail == "circuit-open"]
         d.left_out = [
             f"{x.verdict.engine}:{'shadow' if not x.voting else x.verdict.status}"
             for x in votes

@@ -118,8 +118,6 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
     try:
         milter.main()
     finally:
-        if not app.wait_idle(app.config.milter.stop_timeout):
-            log.warning("stopping with %d session(s) still in flight", app.active_sessions)
         app.close()
     log.info("stopped")
     return 0
@@ -135,7 +133,11 @@ def _control_loop(app: App, control: BinaryIO) -> None:
             break
         elif command:
             log.warning("unknown control command %r", command)
-    log.info("stopping: no new connections, waiting up to %.0fs for sessions in flight", app.config.milter.stop_timeout)
+    timeout = app.config.milter.stop_timeout
+    log.info("stopping: no new connections, waiting up to %.0fs for sessions in flight", timeout)
+    if not app.drain(timeout):
+        log.warning("stopping with %d session(s) still in flight", app.active_sessions)
+    # Only now: Debian's libmilter (workers pool) stops reading open connections on smfi_stop().
     _stop_listener(app.config.milter.socket)
 
 

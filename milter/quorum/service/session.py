@@ -59,6 +59,8 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
 
     # -- envelope ------------------------------------------------------------------------------
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if self.app.draining:  # stopping: this client gets a 4xx, sessions in flight finish
+            return self._reply(Reply.tempfail("421", "4.3.2", "service shutting down, please try again later"))
         self.app.session_started()
         self.counted = True
         env = self.session.envelope
