@@ -18,9 +18,6 @@ from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Sink
 from tests.harness.spamd import Spamd
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Compose tests need podman/docker and minutes of image builds: run them only when asked."""

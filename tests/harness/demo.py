@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tests.harness.clamd import Clamd
 from tests.harness.dns import DnsServer, zone_text
+from tests.harness.messages import EICAR, GTUBE
 from tests.harness.ports import port_open, wait_for_port
 from tests.harness.postfix import PostfixInstance
 from tests.harness.procs import Service
@@ -27,8 +28,6 @@ from tests.harness.sink import Sink
 from tests.harness.smtp_client import send
 from tests.harness.spamd import Spamd
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 PORTS = {"clamd": 3310, "rspamd": 11333, "spamd": 783, "redis": 6379, "quorum": 9900, "postfix": 2525}
 SYSTEM_UNITS = ["clamav-daemon", "rspamd", "spamd", "redis-server", "postfix"]
 

@@ -19,6 +19,7 @@ from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as RedisClusterClient
 from tests.harness.clamd import Clamd
 from tests.harness.dns import DnsServer, zone_text
+from tests.harness.messages import EICAR
 from tests.harness.ports import port_open
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
 from tests.harness.rspamd import Rspamd
@@ -26,7 +27,6 @@ from tests.harness.spamd import Spamd
 
 pytestmark = pytest.mark.integration
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 HAM_BODY = "shall we have lunch tomorrow at noon? The usual place is fine."
 DKIM_KEY = "v=DKIM1; k=rsa; p=" + base64.b64encode(os.urandom(270)).decode()  # > 255 chars: split TXT

@@ -7,7 +7,6 @@ with the failure named in X-Quorum-Engines / `degraded=` and no exception in Quo
 
 from __future__ import annotations
 
-import email.utils
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 from tests.conftest import EICAR, GTUBE, MailStack
 from tests.harness.clamd import Clamd
 from tests.harness.fake_engine import FakeEngine
+from tests.harness.messages import HAM, SPAMD_HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Delivered, Sink
@@ -28,23 +28,7 @@ from tests.harness.spamd import Spamd
 
 pytestmark = pytest.mark.integration
 
-HAM = b"shall we have lunch tomorrow at noon? The usual place is fine, I booked a table for two."
 DEADLINE = "scan_deadline = 2"
-SPAMD_HAM = b"SPAMD/1.1 0 EX_OK\r\nContent-length: 9\r\nSpam: False ; 0.5 / 5.0\r\n\r\nNO_RELAYS"
-
-
-def mail(token: str, body: bytes, subject: str = "Lunch tomorrow") -> bytes:
-    return (
-        b"From: Alice <alice@example.com>\r\n"
-        b"To: Bob <bob@example.org>\r\n"
-        + f"Subject: {subject}\r\n".encode()
-        + f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
-        + f"Message-ID: <{token}@example.com>\r\n".encode()
-        + b"MIME-Version: 1.0\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"\r\n"
-        b"Hi Bob,\r\n\r\n" + body + b"\r\n\r\nCheers,\r\nAlice\r\n"
-    )
 
 
 class Sent:

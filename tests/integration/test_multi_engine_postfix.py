@@ -4,7 +4,6 @@ one log line per decision and the same decision from `quorum scan`."""
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import EICAR, GTUBE, MailStack
 from tests.harness.clamd import Clamd
+from tests.harness.messages import HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Delivered, Sink
@@ -23,23 +23,6 @@ from tests.harness.smtp_client import SendResult, send
 from tests.harness.spamd import Spamd
 
 pytestmark = pytest.mark.integration
-
-HAM = b"shall we have lunch tomorrow at noon? The usual place is fine, I booked a table for two."
-
-
-def mail(token: str, body: bytes, subject: str = "Lunch tomorrow") -> bytes:
-    """A plain personal message with a current Date and a Message-ID (rspamd scores ham by both)."""
-    return (
-        b"From: Alice <alice@example.com>\r\n"
-        b"To: Bob <bob@example.org>\r\n"
-        + f"Subject: {subject}\r\n".encode()
-        + f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
-        + f"Message-ID: <{token}@example.com>\r\n".encode()
-        + b"MIME-Version: 1.0\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"\r\n"
-        b"Hi Bob,\r\n\r\n" + body + b"\r\n\r\nCheers,\r\nAlice\r\n"
-    )
 
 
 def submit(stack: MailStack, body: bytes, subject: str = "Lunch tomorrow") -> tuple[str, SendResult]:

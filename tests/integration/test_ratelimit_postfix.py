@@ -18,6 +18,7 @@ import redis
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 from tests.harness.clamd import Clamd
+from tests.harness.messages import EICAR
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
@@ -26,7 +27,6 @@ from tests.harness.smtp_client import SendResult, send
 
 pytestmark = pytest.mark.integration
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 RATELIMIT = """
 [ratelimit]

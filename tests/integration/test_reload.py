@@ -4,7 +4,6 @@ an invalid file is refused and the old config keeps working; SIGTERM lets sessio
 
 from __future__ import annotations
 
-import email.utils
 import re
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from tests.conftest import GTUBE, MailStack
 from tests.harness.clamd import Clamd
 from tests.harness.fake_engine import FakeEngine
+from tests.harness.messages import HAM, SPAMD_HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Delivered, Sink
@@ -25,23 +25,7 @@ from tests.harness.smtp_client import Reply, SendResult, send, session
 
 pytestmark = pytest.mark.integration
 
-HAM = b"shall we have lunch tomorrow at noon? The usual place is fine, I booked a table for two."
-SPAMD_HAM = b"SPAMD/1.1 0 EX_OK\r\nContent-length: 9\r\nSpam: False ; 0.5 / 5.0\r\n\r\nNO_RELAYS"
 RELOAD_DONE = re.compile(r"reloaded \S+: engines|reload refused")
-
-
-def mail(token: str, body: bytes, subject: str = "Lunch tomorrow") -> bytes:
-    return (
-        b"From: Alice <alice@example.com>\r\n"
-        b"To: Bob <bob@example.org>\r\n"
-        + f"Subject: {subject}\r\n".encode()
-        + f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
-        + f"Message-ID: <{token}@example.com>\r\n".encode()
-        + b"MIME-Version: 1.0\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"\r\n"
-        b"Hi Bob,\r\n\r\n" + body + b"\r\n\r\nCheers,\r\nAlice\r\n"
-    )
 
 
 def submit(stack: MailStack, body: bytes = HAM) -> tuple[str, SendResult]:
