@@ -79,7 +79,12 @@ def _milter(t: Table) -> MilterSettings:
         progress_interval=t.duration("progress_interval", d.progress_interval, minimum=1.0),
         workers=t.int("workers", d.workers, minimum=2, maximum=4096),
         log_level=t.choice("log_level", d.log_level, ("debug", "info", "warning", "error")),
+        metrics_listen=t.opt_str("metrics_listen"),
     )
+    if settings.metrics_listen is not None and not re.match(r"^\[?[\w.:-]*\]?:\d{1,5}$", settings.metrics_listen):
+        t.problems.error(
+            t.key("metrics_listen"), f'{settings.metrics_listen!r} is not "host:port"; e.g. "127.0.0.1:9901"'
+        )
     if settings.tmpdir and not Path(settings.tmpdir).is_dir():
         t.problems.error(t.key("tmpdir"), f"{settings.tmpdir!r} is not a directory; create it or remove the key")
     t.reject_unknown()

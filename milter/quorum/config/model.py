@@ -31,6 +31,7 @@ class MilterSettings:
     progress_interval: float = 10.0
     workers: int = 64
     log_level: str = "info"
+    metrics_listen: str | None = None  # "127.0.0.1:9901": Prometheus exporter
 
 
 @dataclass(frozen=True)

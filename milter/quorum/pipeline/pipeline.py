@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from quorum import metrics
 from quorum.config.model import Config
 from quorum.engines import build_engine
 from quorum.features import FEATURES
@@ -73,6 +74,7 @@ class Pipeline:
         result.elapsed = time.monotonic() - start
         self.notify("finished", session, Outcome(result.decision.action, result.decision.reply))
         self._log(session, message, result)
+        metrics.observe(result.decision.label, str(result.decision.action), result.decision.verdicts, result.elapsed)
         return result
 
     def _check(

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+from quorum import metrics
 from quorum.engines.base import Engine, EngineError, ScanCall
 from quorum.message import Message
 from quorum.pipeline.breaker import BreakerState, CircuitBreaker
@@ -85,9 +86,11 @@ class EngineRunner:
                     verdict.error,
                     self.settings.breaker_cooldown,
                 )
+                metrics.CIRCUIT_OPEN.labels(self.name).set(1)
         elif verdict.status.answered:
             if self.breaker.state is not BreakerState.CLOSED:
                 log.info("engine %s: answered again, circuit closed", self.name)
+                metrics.CIRCUIT_OPEN.labels(self.name).set(0)
             self.breaker.success()
         else:
             self.breaker.release()

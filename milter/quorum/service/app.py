@@ -8,6 +8,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from quorum import metrics
 from quorum.config import Config, ConfigError, load_config
 from quorum.pipeline.pipeline import Pipeline, close_parts
 
@@ -27,12 +28,14 @@ class App:
     def session_started(self) -> None:
         with self._lock:
             self._active += 1
+        metrics.SESSIONS.inc()
 
     def session_ended(self) -> None:
         with self._lock:
             self._active -= 1
             if self._active <= 0:
                 self._idle.notify_all()
+        metrics.SESSIONS.dec()
 
     @property
     def active_sessions(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import Milter
 
+from quorum import metrics
 from quorum.service.app import App
 from quorum.service.session import ACTIONS, QuorumMilter
 
@@ -112,6 +113,8 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
         log.warning("could not set TCP_NODELAY on the milter socket; expect ~80 ms per message")
     if kind == "unix":
         _secure_unix(rest, app)
+    if m.metrics_listen:
+        metrics.serve(m.metrics_listen)
     if control is not None:
         threading.Thread(target=_control_loop, args=(app, control), name="quorum-control", daemon=True).start()
     log.info("listening on %s; engines: %s", m.socket, ", ".join(r.name for r in app.pipeline.runners) or "none")
