@@ -38,10 +38,15 @@ def quorum_body(clamd: Clamd) -> str:
 
 
 @contextmanager
-def quorum(work: Path, clamd: Clamd, transport: str) -> Iterator[QuorumProcess]:
+def quorum(work: Path, clamd: Clamd, transport: str, body: str | None = None) -> Iterator[QuorumProcess]:
     # A unix socket must be reachable by smtpd (user postfix): group postfix, as an operator sets it.
     extra = 'socket_group = "postfix"\n' if transport == "unix" else ""
-    proc = QuorumProcess(work / f"quorum-{transport}", quorum_body(clamd), unix=transport == "unix", milter_extra=extra)
+    proc = QuorumProcess(
+        work / f"quorum-{transport}-{body is not None}",
+        quorum_body(clamd) if body is None else body,
+        unix=transport == "unix",
+        milter_extra=extra,
+    )
     proc.start()
     try:
         yield proc
@@ -76,6 +81,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 postfix.set_milter(proc.postfix_address)
                 results[f"quorum + clamav, {transport}"] = measure(postfix.smtp_port, sink, args)
             postfix.set_milter(None)
+        # The milter's own cost: the same pipeline with no engine configured.
+        with quorum(work, clamd, "tcp", body="") as proc:
+            postfix.set_milter(proc.postfix_address)
+            results["quorum, no engine, tcp"] = measure(postfix.smtp_port, sink, args)
+        postfix.set_milter(None)
     return results
 
 
