@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 import tempfile
@@ -27,6 +28,18 @@ def printable(value: str) -> str:
         .decode("ascii", "backslashreplace")
         .translate({i: "?" for i in range(32)})
     )
+
+
+def client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client IP as an address (IPv4-mapped IPv6 unwrapped), or None for a non-address
+    (Postfix may pass `[addr]`, `IPv6:addr` or `unknown`)."""
+    try:
+        addr = ipaddress.ip_address(value.strip("[]").removeprefix("IPv6:"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 def domain_of(address: str) -> str:

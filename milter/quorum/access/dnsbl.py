@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from quorum.auth.resolver import DnsTempError, Resolver
 from quorum.config.fields import Table
+from quorum.message import client_address
 
 ACTIONS = ("reject", "score")
 _REFUSED = ipaddress.ip_network("127.255.255.0/24")
@@ -68,12 +69,9 @@ class DnsblCheck:
 
 def query_name(client_ip: str, zone: str) -> str | None:
     """`4.3.2.1.zone` for 1.2.3.4, nibbles for IPv6 (RFC 5782); None for a non-address."""
-    try:
-        addr = ipaddress.ip_address(client_ip.strip("[]").removeprefix("IPv6:"))
-    except ValueError:
+    addr = client_address(client_ip)
+    if addr is None:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     if isinstance(addr, ipaddress.IPv4Address):
         reversed_ip = ".".join(reversed(str(addr).split(".")))
     else:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from quorum.message import client_address
+
 log = logging.getLogger("quorum.access")
 
 ACTIONS = ("OK", "REJECT", "DUNNO")
@@ -91,12 +93,9 @@ class ClientTable:
         return cls(entries)
 
     def lookup(self, client_ip: str) -> Rule | None:
-        try:
-            addr = ipaddress.ip_address(client_ip.strip("[]").removeprefix("IPv6:"))
-        except ValueError:
+        addr = client_address(client_ip)
+        if addr is None:
             return None
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         for network, rule in self.entries:
             if addr.version == network.version and addr in network:
                 return rule

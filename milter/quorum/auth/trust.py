@@ -9,18 +9,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from quorum.message import Envelope
+from quorum.message import Envelope, client_address
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def in_networks(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
-    try:
-        addr = ipaddress.ip_address(client_ip.strip("[]").removeprefix("IPv6:"))
-    except ValueError:
+    addr = client_address(client_ip)
+    if addr is None:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     return any(addr.version == net.version and addr in net for net in networks)
 
 
