@@ -6,7 +6,6 @@ import urllib.request
 import uuid
 
 import pytest
-
 from tests.conftest import MailStack
 from tests.harness.clamd import Clamd
 from tests.harness.messages import EICAR, HAM, mail

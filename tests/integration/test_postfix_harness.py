@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,6 @@ from tests.harness.sink import Delivered, Sink
 from tests.harness.smtp_client import send, session
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sink]:
-    with Sink(tmp_path_factory.mktemp("sink")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postfix(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[PostfixInstance]:
-    with PostfixInstance(tmp_path_factory.mktemp("postfix"), sink.port) as instance:
-        yield instance
 
 
 def message(token: str, subject: str = "Lunch", body: str = "Shall we have lunch tomorrow?\r\n") -> bytes:

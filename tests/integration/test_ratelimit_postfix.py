@@ -22,7 +22,6 @@ from tests.harness.messages import EICAR
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
-from tests.harness.sink import Sink
 from tests.harness.smtp_client import SendResult, send
 
 pytestmark = pytest.mark.integration
@@ -47,24 +46,6 @@ recipient_domain = { messages = 20, per = "1h" }
 [ratelimit.networks."198.18.0.0/15"]
 exempt = true
 """
-
-
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sink]:
-    with Sink(tmp_path_factory.mktemp("sink")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
-    with Clamd(tmp_path_factory.mktemp("clamd")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postfix(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[PostfixInstance]:
-    with PostfixInstance(tmp_path_factory.mktemp("postfix"), sink.port) as instance:
-        yield instance
 
 
 class Stack:
