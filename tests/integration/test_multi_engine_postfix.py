@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests.conftest import EICAR, GTUBE, MailStack
+from tests.conftest import MailStack
 from tests.harness.clamd import Clamd
-from tests.harness.messages import HAM, mail
+from tests.harness.messages import EICAR, GTUBE, HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Delivered, Sink

@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from tests.conftest import GTUBE, MailStack
+from tests.conftest import MailStack
 from tests.harness.clamd import Clamd
 from tests.harness.fake_engine import FakeEngine
-from tests.harness.messages import HAM, SPAMD_HAM, mail
+from tests.harness.messages import GTUBE, HAM, SPAMD_HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Delivered, Sink

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import EICAR, MailStack
+from tests.conftest import MailStack
 from tests.harness.clamd import Clamd
+from tests.harness.messages import EICAR
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.sink import Delivered, Sink

@@ -1,7 +1,8 @@
 """libmilter callbacks for one SMTP connection. They only collect; the pipeline decides.
 
-Negotiation: no reply for header/end-of-headers/body (Quorum never answers there); real replies
-for connect/helo/mail/rcpt/data, where stages (access lists, DNSBL, rate limits) may refuse.
+Negotiation: no end-of-headers callback at all, no reply for header/body (Quorum never answers
+there); real replies for connect/helo/mail/rcpt/data, where stages (access lists, DNSBL, rate
+limits) may refuse.
 Values arrive as bytes (non-UTF-8 never raises) and headers keep their leading whitespace.
 """
 
@@ -105,10 +106,6 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
         self.headers.append(Header(name, crlf_value(value)))
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def eoh(self) -> int:
         return Milter.CONTINUE
 
     @Milter.noreply
