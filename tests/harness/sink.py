@@ -246,3 +246,21 @@ class Sink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def delivered(sink: Sink, token: str, timeout: float = 30.0) -> Delivered:
+    """The delivered message whose raw bytes contain `token` (tests put it in the Message-ID)."""
+    deadline = time.monotonic() + timeout
+    needle = token.encode()
+    while time.monotonic() < deadline:
+        for msg in sink.messages():
+            if needle in msg.raw:
+                return msg
+        time.sleep(0.05)
+    raise AssertionError(f"message {token} not delivered in {timeout:.0f}s")
+
+
+def engines_header(msg: Delivered) -> dict[str, str]:
+    """X-Quorum-Engines as {engine: "status(detail)"}."""
+    value = msg.header("X-Quorum-Engines") or ""
+    return dict(item.strip().split("=", 1) for item in value.split(",") if item.strip())

@@ -22,7 +22,7 @@ from tests.harness.fake_engine import FakeEngine
 from tests.harness.messages import EICAR, GTUBE, HAM, SPAMD_HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
-from tests.harness.sink import Delivered, Sink
+from tests.harness.sink import Delivered, delivered, engines_header
 from tests.harness.smtp_client import SendResult, send
 from tests.harness.spamd import Spamd
 
@@ -43,21 +43,6 @@ def submit(stack: MailStack, body: bytes = HAM, subject: str = "Lunch tomorrow")
     start = time.monotonic()
     result = send(stack.postfix.smtp_port, "alice@example.com", ["bob@example.org"], mail(token, body, subject))
     return Sent(token, result, time.monotonic() - start)
-
-
-def delivered(sink: Sink, token: str, timeout: float = 30.0) -> Delivered:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for msg in sink.messages():
-            if token in (msg.header("Message-ID") or ""):
-                return msg
-        time.sleep(0.05)
-    raise AssertionError(f"message {token} not delivered in {timeout:.0f}s")
-
-
-def engines_header(msg: Delivered) -> dict[str, str]:
-    value = msg.header("X-Quorum-Engines") or ""
-    return dict(item.strip().split("=", 1) for item in value.split(",") if item.strip())
 
 
 def accepted(stack: MailStack, body: bytes = HAM, subject: str = "Lunch tomorrow") -> tuple[Delivered, Sent]:

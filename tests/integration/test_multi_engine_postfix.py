@@ -18,7 +18,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.messages import EICAR, GTUBE, HAM, mail
 from tests.harness.quorum import QuorumProcess, engine_table
 from tests.harness.rspamd import Rspamd
-from tests.harness.sink import Delivered, Sink
+from tests.harness.sink import delivered, engines_header
 from tests.harness.smtp_client import SendResult, send
 from tests.harness.spamd import Spamd
 
@@ -29,22 +29,6 @@ def submit(stack: MailStack, body: bytes, subject: str = "Lunch tomorrow") -> tu
     token = uuid.uuid4().hex
     result = send(stack.postfix.smtp_port, "alice@example.com", ["bob@example.org"], mail(token, body, subject))
     return token, result
-
-
-def delivered(sink: Sink, token: str, timeout: float = 30.0) -> Delivered:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for msg in sink.messages():
-            if token in (msg.header("Message-ID") or ""):
-                return msg
-        time.sleep(0.05)
-    raise AssertionError(f"message {token} not delivered in {timeout:.0f}s")
-
-
-def engines_header(msg: Delivered) -> dict[str, str]:
-    """X-Quorum-Engines as {engine: "status(detail)"}."""
-    value = msg.header("X-Quorum-Engines") or ""
-    return dict(item.strip().split("=", 1) for item in value.split(",") if item.strip())
 
 
 def log_line(quorum: QuorumProcess, qid: str, timeout: float = 10.0) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import email.utils
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from tests.harness.ports import free_port
 from tests.harness.postfix import FRAGMENT, PostfixInstance, fragment_params, listening, parse_main_cf
-from tests.harness.sink import Delivered, Sink
+from tests.harness.sink import Sink, delivered
 from tests.harness.smtp_client import send, session
 
 pytestmark = pytest.mark.integration
@@ -26,17 +25,6 @@ def message(token: str, subject: str = "Lunch", body: str = "Shall we have lunch
         "\r\n"
         f"{body}"
     ).encode()
-
-
-def delivered(sink: Sink, token: str, timeout: float = 20.0) -> Delivered:
-    """The sink's copy of the message whose Message-ID contains `token`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for msg in sink.messages():
-            if token in (msg.header("Message-ID") or ""):
-                return msg
-        time.sleep(0.05)
-    raise AssertionError(f"message {token} not delivered in {timeout:.0f}s")
 
 
 def split(raw: bytes) -> tuple[bytes, bytes]:

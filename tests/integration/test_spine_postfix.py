@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.messages import EICAR
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess, engine_table
-from tests.harness.sink import Delivered, Sink
+from tests.harness.sink import Sink, delivered
 from tests.harness.smtp_client import SendResult, send
 
 pytestmark = pytest.mark.integration
@@ -121,16 +120,6 @@ def use(stack: MailStack, body: str, unix: bool = False, milter_extra: str = "")
         stack.sink.clear()
     _KEYS[id(quorum)] = key
     return quorum
-
-
-def delivered(sink: Sink, token: str, timeout: float = 30.0) -> Delivered:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for msg in sink.messages():
-            if token.encode() in msg.raw:
-                return msg
-        time.sleep(0.05)
-    raise AssertionError(f"message {token} not delivered in {timeout:.0f}s")
 
 
 def assert_not_delivered(postfix: PostfixInstance, sink: Sink, token: str) -> None:
