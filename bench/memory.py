@@ -17,7 +17,6 @@ import re
 import sys
 import tempfile
 import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+from smtp_load import run_load  # noqa: E402
 from tests.harness.clamd import Clamd  # noqa: E402
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.quorum import QuorumProcess, engine_table  # noqa: E402
 from tests.harness.sink import Sink  # noqa: E402
-from tests.harness.smtp_client import send  # noqa: E402
 
 MB = 1024 * 1024
-LINE = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
 
 
 class BigClamd(Clamd):
@@ -52,26 +50,13 @@ class BigClamd(Clamd):
         return conf
 
 
-def big_message(seq: int, size: int) -> bytes:
-    head = (
-        f"From: Big <big@bench.example>\r\nTo: Sink <sink@bench.example>\r\nSubject: big #{seq}\r\n"
-        f"Message-ID: <big.{seq}.{time.time_ns()}@bench.example>\r\n\r\n"
-    ).encode()
-    return head + LINE * ((size - len(head)) // len(LINE))
-
-
-def vm_hwm_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-    return int(match.group(1)) if match else 0
-
-
-def rss_kb(pid: int) -> int:
+def status_kb(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status (VmHWM, VmRSS), 0 once the process is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
     return int(match.group(1)) if match else 0
 
 
@@ -94,56 +79,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         assert supervisor is not None
         (worker,) = proc.worker_pids()
 
-        warm = send(postfix.smtp_port, "big@bench.example", ["sink@bench.example"], big_message(0, MB))
-        sink.wait_for(1, timeout=60)
+        warm = run_load(postfix.smtp_port, 1, 1, MB, delivered=sink.count, timeout=600)
         sink.clear()
-        idle = {"supervisor": vm_hwm_kb(supervisor), "worker": vm_hwm_kb(worker)}
+        idle = {"supervisor": status_kb(supervisor, "VmHWM"), "worker": status_kb(worker, "VmHWM")}
 
-        messages = [big_message(i + 1, size) for i in range(args.count)]
-        replies: dict[int, int] = {}
-        lock = threading.Lock()
         sampled = [0]
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.wait(0.05):
-                sampled[0] = max(sampled[0], rss_kb(worker))
+                sampled[0] = max(sampled[0], status_kb(worker, "VmRSS"))
 
-        def sender(share: list[bytes]) -> None:
-            for raw in share:
-                code = send(postfix.smtp_port, "big@bench.example", ["sink@bench.example"], raw, timeout=600).code
-                with lock:
-                    replies[code] = replies.get(code, 0) + 1
-
-        shares = [messages[i :: args.concurrency] for i in range(args.concurrency)]
-        threads = [threading.Thread(target=sender, args=(s,)) for s in shares if s]
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        smtp_seconds = time.monotonic() - start
-        accepted = replies.get(250, 0)
-        got = len(sink.wait_for(accepted, timeout=600)) if accepted else 0
-        delivered_seconds = time.monotonic() - start
+        load = run_load(
+            postfix.smtp_port,
+            args.count,
+            args.concurrency,
+            size,
+            per_session=1,
+            delivered=sink.count,
+            delivery_timeout=600,
+            timeout=600,
+        )
         stop.set()
         sampler.join()
-        peak = {"supervisor": vm_hwm_kb(supervisor), "worker": vm_hwm_kb(worker)}
+        peak = {"supervisor": status_kb(supervisor, "VmHWM"), "worker": status_kb(worker, "VmHWM")}
         verdicts = sorted({m.header("X-Quorum-Verdict") or "-" for m in sink.messages()})
+        smtp_seconds = load["smtp_seconds"]
         return {
             "count": args.count,
             "concurrency": args.concurrency,
-            "message_bytes": len(messages[0]),
-            "warmup_reply": warm.code,
-            "replies": replies,
-            "delivered": got,
+            "message_bytes": load["size"],
+            "warmup_reply": warm["replies"],
+            "replies": load["replies"],
+            "delivered": load.get("delivered", 0),
             "x_quorum_verdict": verdicts,
-            "smtp_seconds": round(smtp_seconds, 2),
-            "smtp_msg_per_s": round(accepted / smtp_seconds, 2) if smtp_seconds else 0.0,
-            "delivered_msg_per_s": round(got / delivered_seconds, 2) if delivered_seconds else 0.0,
-            "mb_per_s": round(accepted * len(messages[0]) / MB / smtp_seconds, 1) if smtp_seconds else 0.0,
+            "smtp_seconds": smtp_seconds,
+            "smtp_msg_per_s": load["smtp_msg_per_s"],
+            "delivered_msg_per_s": load.get("delivered_msg_per_s", 0.0),
+            "mb_per_s": round(load["accepted"] * load["size"] / MB / smtp_seconds, 1) if smtp_seconds else 0.0,
             "idle_hwm_mb": {k: round(v / 1024, 1) for k, v in idle.items()},
             "peak_hwm_mb": {k: round(v / 1024, 1) for k, v in peak.items()},
             "peak_hwm_total_mb": round(sum(peak.values()) / 1024, 1),
