@@ -40,7 +40,17 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
 def engines_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
     """An authoritative server for the test domains, so rspamd never waits on an unreachable resolver."""
     zones = {
-        "example.com": zone_text("example.com", [("@", "TXT", '"v=spf1 -all"'), ("@", "MX", "10 mx.example.com.")]),
+        "example.com": zone_text(
+            "example.com",
+            [
+                ("@", "A", "192.0.2.1"),
+                ("@", "MX", "10 mail.example.com."),
+                ("mail", "A", "192.0.2.1"),
+                ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
+            ],
+        ),
+        "example.org": zone_text("example.org", [("@", "MX", "10 mail.example.org."), ("mail", "A", "192.0.2.2")]),
+        "2.0.192.in-addr.arpa": zone_text("2.0.192.in-addr.arpa", [("1", "PTR", "mail.example.com.")]),
     }
     server = DnsServer(tmp_path_factory.mktemp("engines-dns"), zones).start()
     yield server

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.harness.dns import DnsServer, zone_text
+from tests.harness.dns import DnsServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.spamd import Spamd
 
@@ -61,34 +61,16 @@ def make(type_name: str, **options: Any) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
-    zones = {
-        "example.com": zone_text(
-            "example.com",
-            [
-                ("@", "A", "192.0.2.1"),
-                ("@", "MX", "10 mail.example.com."),
-                ("mail", "A", "192.0.2.1"),
-                ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
-            ],
-        ),
-        "example.org": zone_text("example.org", [("@", "MX", "10 mail.example.org."), ("mail", "A", "192.0.2.2")]),
-        "2.0.192.in-addr.arpa": zone_text("2.0.192.in-addr.arpa", [("1", "PTR", "mail.example.com.")]),
-    }
-    server = DnsServer(tmp_path_factory.mktemp("dns"), zones).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def rspamd_server(tmp_path_factory: pytest.TempPathFactory, dns_server: DnsServer) -> Iterator[Rspamd]:
-    server = Rspamd(tmp_path_factory.mktemp("rspamd"), dns_server.port).start()
+def rspamd_server(tmp_path_factory: pytest.TempPathFactory, engines_dns: DnsServer) -> Iterator[Rspamd]:
+    """A private rspamd (some tests kill it) on the session's DNS server."""
+    server = Rspamd(tmp_path_factory.mktemp("rspamd"), engines_dns.port).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def spamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
+    """A private spamd: some tests kill it."""
     server = Spamd(tmp_path_factory.mktemp("spamd")).start()
     yield server
     server.stop()
