@@ -80,10 +80,6 @@ def set_listener_nodelay(port: int) -> int:
     return changed
 
 
-def _prepare_unix(path: str, app: App) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-
 def _secure_unix(path: str, app: App) -> None:
     m = app.config.milter
     if m.socket_group:
@@ -99,7 +95,7 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
     _register()
     kind, rest = socket_spec(m.socket)
     if kind == "unix":
-        _prepare_unix(rest, app)
+        Path(rest).parent.mkdir(parents=True, exist_ok=True)
     milter.setconn(m.socket)
     milter.setbacklog(256)
     milter.register(m.name, data=lambda ctx: ctx.getpriv().data(), negotiate=Milter.negotiate_callback)
