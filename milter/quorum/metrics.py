@@ -25,6 +25,10 @@ DECISION_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 SESSIONS = Gauge("quorum_smtp_sessions", "SMTP sessions in flight")
+LATE_RESULTS = Counter(
+    "quorum_late_results_total", "Engine or stage results that arrived after their transaction's fan-out ended (dropped)"
+)
+LIMITS_HIT = Counter("quorum_input_limits_total", "Transactions that hit an input limit", ["limit"])
 CIRCUIT_OPEN = Gauge("quorum_engine_circuit_open", "1 while the engine's circuit breaker is open", ["engine"])
 
 

@@ -12,7 +12,8 @@ from tests.zones.fake_resolver import FakeResolver
 from quorum.access.dnsbl import DnsblList, check, query_name
 from quorum.access.stage import DnsblStage
 from quorum.message import Message
-from quorum.pipeline.stages import Action, ScanContext, Session
+from quorum.pipeline.stages import Action
+from quorum.pipeline.transaction import Connection, Findings, Transaction
 from quorum.verdict import Status
 
 LISTED = "203.0.113.66"
@@ -65,9 +66,9 @@ def test_listings_codes_refusals_and_errors(dns: FakeResolver) -> None:
     assert failed.log_fields() == {"dnsbl_error": "reject.bl.test: timeout"}
 
 
-def session(ip: str, auth: str = "") -> Session:
-    s = Session()
-    s.envelope.client_ip = ip
+def session(ip: str, auth: str = "") -> Transaction:
+    conn = Connection(ip)
+    s = Transaction(conn, conn.envelope())
     s.envelope.sender = "a@sender.test"
     if auth:
         s.envelope.macros["{auth_authen}"] = auth
@@ -110,8 +111,10 @@ def test_address_change_mid_connection_is_looked_up_again(stage: DnsblStage) -> 
 def test_score_listing_becomes_a_vote(stage: DnsblStage) -> None:
     s = session(LISTED)
     s.envelope.recipients.append("postmaster@rcpt.test")
-    ctx = ScanContext()
-    stage.examine(s, Message.from_bytes(b"Subject: x\r\n\r\nhi\r\n", s.envelope), ctx, time.monotonic() + 5)
+    ctx = (
+        stage.examine(s, Message.from_bytes(b"Subject: x\r\n\r\nhi\r\n", s.envelope), time.monotonic() + 5)
+        or Findings()
+    )
     (vote,) = ctx.votes
     assert (vote.engine, vote.status, vote.score, vote.threshold) == ("dnsbl:score.bl.test", Status.CLEAN, 0.5, 1.0)
     assert vote.normalised_score == 0.5
@@ -123,8 +126,10 @@ def test_heavy_score_listing_is_a_spam_vote(dns: FakeResolver) -> None:
     try:
         s = session(LISTED)
         s.envelope.recipients.append("user@rcpt.test")
-        ctx = ScanContext()
-        st.examine(s, Message.from_bytes(b"Subject: x\r\n\r\nhi\r\n", s.envelope), ctx, time.monotonic() + 5)
+        ctx = (
+            st.examine(s, Message.from_bytes(b"Subject: x\r\n\r\nhi\r\n", s.envelope), time.monotonic() + 5)
+            or Findings()
+        )
         assert (ctx.votes[0].status, ctx.votes[0].normalised_score) == (Status.SPAM, 2.0)
     finally:
         st.close()

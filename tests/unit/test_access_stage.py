@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from quorum.access.settings import AccessSettings, is_exempt
-from quorum.access.stage import OK, AccessStage, recipient_class
+from quorum.access.stage import OK, AccessStage
 from quorum.message import Message
-from quorum.pipeline.stages import Action, ScanContext, Session
+from quorum.pipeline.stages import Action
+from quorum.pipeline.transaction import Connection, Findings, Transaction
 
 
 @pytest.fixture()
@@ -28,13 +29,14 @@ def stage(tmp_path: Path) -> AccessStage:
     return AccessStage(settings)
 
 
-def session(ip: str = "192.0.2.10", sender: str = "a@sender.test") -> Session:
-    s = Session()
-    s.envelope.client_ip, s.envelope.sender = ip, sender
-    return s
+def session(ip: str = "192.0.2.10", sender: str = "a@sender.test") -> Transaction:
+    conn = Connection(ip)
+    txn = Transaction(conn, conn.envelope())
+    txn.envelope.sender = sender
+    return txn
 
 
-def add(stage: AccessStage, s: Session, rcpt: str) -> tuple[str, str, str] | None:
+def add(stage: AccessStage, s: Transaction, rcpt: str) -> tuple[str, str, str] | None:
     """What the milter does: the recipient joins the envelope only when no stage refused it."""
     reply = stage.rcpt(s, rcpt)
     if reply is None:
@@ -62,9 +64,11 @@ def test_reject_beats_ok(stage: AccessStage) -> None:
 def test_ok_marks_the_transaction_and_skips_spam_verdicts(stage: AccessStage) -> None:
     s = session(sender="friend@partner.test")
     assert add(stage, s, "u@rcpt.test") is None
-    assert recipient_class(s) == OK
-    ctx = ScanContext()
-    stage.examine(s, Message.from_bytes(b"Subject: hello\r\n\r\nx\r\n", s.envelope), ctx, time.monotonic() + 5)
+    assert s.access_class().name == OK
+    ctx = (
+        stage.examine(s, Message.from_bytes(b"Subject: hello\r\n\r\nx\r\n", s.envelope), time.monotonic() + 5)
+        or Findings()
+    )
     assert ctx.skip_spam and ctx.log["access"].startswith("ok(")
 
 
@@ -91,9 +95,8 @@ def test_a_recipient_with_another_access_result_waits_for_its_own_transaction(st
 def test_header_rules_at_end_of_data(stage: AccessStage) -> None:
     s = session()
     add(stage, s, "u@rcpt.test")
-    ctx = ScanContext()
     msg = Message.from_bytes(b"Subject: Casino bonus\r\nX-Hold: yes\r\n\r\nx\r\n", s.envelope)
-    stage.examine(s, msg, ctx, time.monotonic() + 5)
+    ctx = stage.examine(s, msg, time.monotonic() + 5) or Findings()
     assert ctx.reply is not None and (ctx.reply.code, ctx.reply.xcode, ctx.reply.text) == ("554", "5.7.1", "No casinos")
     assert ctx.hold
     assert ctx.log["header_rules"].startswith("reject(")

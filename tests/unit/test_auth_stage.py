@@ -13,7 +13,8 @@ from tests.zones.fake_resolver import FakeResolver
 from quorum.auth.settings import AuthSettings
 from quorum.auth.stage import AuthStage
 from quorum.message import Message
-from quorum.pipeline.stages import Action, ScanContext, Session
+from quorum.pipeline.stages import Action
+from quorum.pipeline.transaction import AccessClass, Connection, Findings, Transaction
 from quorum.verdict import Status
 
 GOOD, BAD = "192.0.2.10", "198.51.100.20"
@@ -43,28 +44,39 @@ def make(dns: FakeResolver, **settings: Any) -> AuthStage:
     return AuthStage(AuthSettings(**{**base, **settings}), dns, "mx.quorum.test")
 
 
+def new_txn() -> Transaction:
+    conn = Connection()
+    return Transaction(conn, conn.envelope())
+
+
 def run(
-    stage: AuthStage, raw: bytes, ip: str = BAD, sender: str = "", auth: str = "", s: Session | None = None
-) -> tuple[ScanContext, Session]:
-    s = s or Session()
+    stage: AuthStage,
+    raw: bytes,
+    ip: str = BAD,
+    sender: str = "",
+    auth: str = "",
+    s: Transaction | None = None,
+    truncated: bool = False,
+) -> tuple[Findings, Transaction]:
+    s = s or new_txn()
     env = s.envelope
     env.client_ip, env.helo = ip, "client.example"
     env.sender = sender or "bounce@" + raw.split(b"From: Sender <", 1)[1].split(b">", 1)[0].decode().split("@")[1]
     env.recipients.append("user@rcpt.test")
     if auth:
         env.macros["{auth_authen}"] = auth
-    ctx = ScanContext()
-    stage.examine(s, Message.from_bytes(raw, env), ctx, time.monotonic() + 5)
-    return ctx, s
+    msg = Message.from_bytes(raw, env)
+    msg.truncated = truncated
+    return stage.examine(s, msg, time.monotonic() + 5), s
 
 
-def ar(ctx: ScanContext) -> str:
+def ar(ctx: Findings) -> str:
     (header,) = [v for n, v in ctx.headers if n == "Authentication-Results"]
     return header.replace("\n\t", " ")
 
 
 def test_pass_adds_the_header_and_facts(dns: FakeResolver, key: DkimKey) -> None:
-    ctx, s = run(make(dns), key.sign(message("a@signed.test")), ip=GOOD)
+    ctx, _ = run(make(dns), key.sign(message("a@signed.test")), ip=GOOD)
     header = ar(ctx)
     assert header.startswith(
         "mx.quorum.test; spf=pass (192.0.2.10 permitted by signed.test) smtp.mailfrom=bounce@signed.test; "
@@ -72,13 +84,12 @@ def test_pass_adds_the_header_and_facts(dns: FakeResolver, key: DkimKey) -> None
     )
     assert "dmarc=pass" in header and "header.from=signed.test" in header
     assert ctx.log == {"spf": "pass", "dkim": "pass:signed.test", "dmarc": "pass(p=reject)"}
-    assert s.state["auth"]["spf"] == "pass"
+    assert ctx.auth is not None and ctx.auth.spf is not None and ctx.auth.spf.result == "pass"
     assert ctx.reply is None and not ctx.spam_flag
 
 
 def test_forged_headers_claiming_our_id_are_marked_for_removal(dns: FakeResolver) -> None:
-    ctx, _ = run(make(dns), message("a@none.test"))
-    ((name, predicate),) = ctx.remove
+    ((name, predicate),) = make(dns).removals  # fixed at build: applies even if examine never runs
     assert name == "Authentication-Results"
     assert predicate(b" mx.quorum.test; dkim=pass") and not predicate(b" other.test; dkim=pass")
 
@@ -123,25 +134,25 @@ def test_trusted_network_reported_not_enforced(dns: FakeResolver) -> None:
 
 
 def test_authenticated_sender_gets_auth_pass_and_no_spf_or_dmarc(dns: FakeResolver) -> None:
-    ctx, s = run(make(dns, dmarc_enforce="reject"), message("a@reject.test"), auth="alice")
+    ctx, _ = run(make(dns, dmarc_enforce="reject"), message("a@reject.test"), auth="alice")
     header = ar(ctx)
     assert header == "mx.quorum.test; auth=pass smtp.auth=alice; dkim=none"
-    assert ctx.reply is None and "spf" not in s.state["auth"]
+    assert ctx.reply is None and ctx.auth is not None and ctx.auth.spf is None
 
 
 def test_access_ok_skips_enforcement(dns: FakeResolver) -> None:
-    s = Session()
-    s.state["access"] = {"classes": {"user@rcpt.test": ("ok", "t:1")}}
+    s = new_txn()
+    s.access["user@rcpt.test"] = AccessClass("ok", "t:1")
     ctx, _ = run(make(dns, dmarc_enforce="reject"), message("a@reject.test"), s=s)
     assert ctx.reply is None and ctx.log["dmarc_action"] == "none(access ok)"
 
 
 def test_spf_at_mail_is_computed_once_and_shared(dns: FakeResolver) -> None:
     stage = make(dns, spf_at="mail")
-    s = Session()
+    s = new_txn()
     s.envelope.client_ip, s.envelope.sender, s.envelope.helo = GOOD, "bounce@none.test", "h.example"
     assert stage.mail_from(s) is None
-    assert s.state["auth"]["spf"] == "pass"
+    assert s.spf is not None and s.spf.result == "pass"
     asked = len(dns.asked)
     ctx, _ = run(stage, message("a@none.test"), ip=GOOD, sender="bounce@none.test", s=s)
     assert ("none.test", "TXT") not in dns.asked[asked:]
@@ -153,6 +164,16 @@ def test_oversized_message_is_not_dkim_verified(dns: FakeResolver, key: DkimKey)
     ctx, _ = run(make(dns, dkim_max_size=2048), raw, ip=GOOD)
     assert "dkim=neutral (not verified: message above dkim_max_size) header.d=signed.test" in ar(ctx)
     assert "dmarc=pass" in ar(ctx)  # SPF still aligns
+
+
+def test_truncated_message_is_never_judged_as_if_whole(dns: FakeResolver, key: DkimKey) -> None:
+    """Defect 3: a body cut at max_message_size (on_oversize = "accept") must not make DKIM fail,
+    and so must not turn a spoofing-free message into a DMARC p=reject refusal."""
+    raw = key.sign(message("a@reject.test"))
+    ctx, _ = run(make(dns, dmarc_enforce="reject"), raw, truncated=True)
+    assert "dkim=neutral (not verified: body not stored whole)" in ar(ctx)
+    assert ctx.reply is None and not ctx.spam_flag
+    assert ctx.log["dmarc_action"] == "none(body not stored whole)"
 
 
 def test_no_client_address_means_no_spf(dns: FakeResolver) -> None:
@@ -169,4 +190,3 @@ def test_checker_bug_is_contained(dns: FakeResolver, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(mod, "verify_dkim", boom)
     ctx, _ = run(make(dns), message("a@none.test"))
     assert ctx.log["auth_error"] == "RuntimeError"
-    assert ctx.remove  # forged headers are still removed

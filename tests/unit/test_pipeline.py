@@ -18,7 +18,8 @@ from quorum.engines import ENGINE_TYPES, Engine, EngineError, ScanCall
 from quorum.message import Envelope, Message
 from quorum.pipeline.headers import engine_item, headers_to_add, sanitise_header, sanitise_reply, verdict_value
 from quorum.pipeline.pipeline import Pipeline, Result
-from quorum.pipeline.stages import Action, Session
+from quorum.pipeline.stages import Action
+from quorum.pipeline.transaction import Connection, Transaction
 from quorum.verdict import Category, Status, Verdict
 
 BEHAVIOURS = ("clean", "infected", "spam", "ham", "hang", "stall", "raise", "fail", "barrier", "sleep")
@@ -105,11 +106,13 @@ def config(engines: dict[str, dict[str, Any]], deadline: float = 5.0, **sections
 def run(pool: ThreadPoolExecutor, cfg: Config, raw: bytes | None = None) -> Result:
     env = Envelope("192.0.2.1", "client.example", "client.example", "alice@example.com", ["bob@example.org"])
     env.macros["i"] = "4ABCDEF"
-    session = Session(envelope=env)
+    txn = Transaction(Connection(env.client_ip, env.client_name, env.helo), env)
     message = Message.from_bytes(raw or b"Subject: hi\r\nX-Quorum-Verdict: clean\r\n\r\nhello\r\n", env)
-    pipeline = Pipeline(cfg, pool)
+    pipeline = Pipeline(cfg)
     try:
-        return pipeline.check(session, message)
+        result = pipeline.check(txn, message)
+        pipeline.finish(txn, message, result, result.edits.action, result.edits.reply)
+        return result
     finally:
         message.close()
         pipeline.close()
@@ -142,7 +145,7 @@ def test_hung_engine_becomes_a_timeout_within_the_deadline(pool: ThreadPoolExecu
     assert by_engine(result)["good"].status is Status.CLEAN
     assert result.decision.action is Action.ACCEPT
     assert result.decision.degraded == ["hung"]
-    assert dict(result.add)["X-Quorum-Verdict"] == "clean; degraded=hung"
+    assert dict(result.edits.add)["X-Quorum-Verdict"] == "clean; degraded=hung"
 
 
 def test_per_engine_timeout_shorter_than_the_deadline(pool: ThreadPoolExecutor) -> None:
@@ -159,7 +162,7 @@ def test_only_hung_antivirus_tempfails(pool: ThreadPoolExecutor) -> None:
     d = result.decision
     assert d.action is Action.TEMPFAIL and d.label == "unchecked"
     assert d.reply is not None and (d.reply.code, d.reply.xcode) == ("451", "4.7.1")
-    assert result.add == []
+    assert result.edits.add == ()
 
 
 def test_real_adapter_against_a_hanging_server_is_cancelled(pool: ThreadPoolExecutor) -> None:
@@ -190,7 +193,7 @@ def test_adapter_exception_alone_tempfails_or_degrades(pool: ThreadPoolExecutor)
     assert run(pool, config({"buggy": {"behaviour": "raise"}})).decision.action is Action.TEMPFAIL
     accept = run(pool, config({"buggy": {"behaviour": "raise"}}, policy={"on_engine_failure": "accept"}))
     assert accept.decision.action is Action.ACCEPT
-    assert dict(accept.add)["X-Quorum-Verdict"] == "unchecked; degraded=buggy"
+    assert dict(accept.edits.add)["X-Quorum-Verdict"] == "unchecked; degraded=buggy"
 
 
 def test_virus_rejects_early_without_waiting_for_a_hung_engine(pool: ThreadPoolExecutor) -> None:
@@ -213,7 +216,7 @@ def test_on_virus(pool: ThreadPoolExecutor, on_virus: str, action: Action) -> No
     result = run(pool, config({"av": {"behaviour": "infected"}}, policy={"on_virus": on_virus}))
     assert result.decision.action is action
     if action is Action.QUARANTINE:
-        assert dict(result.add)["X-Quorum-Quarantine"] == "virus Fake.Virus found by av"
+        assert dict(result.edits.add)["X-Quorum-Quarantine"] == "virus Fake.Virus found by av"
 
 
 def test_shadow_engine_does_not_vote(pool: ThreadPoolExecutor) -> None:
@@ -225,7 +228,7 @@ def test_shadow_engine_does_not_vote(pool: ThreadPoolExecutor) -> None:
 def test_spam_is_tagged(pool: ThreadPoolExecutor) -> None:
     cfg = parse_config({"engines": {"av": {"type": "fake"}, "sa": {"type": "fake-spam", "behaviour": "spam"}}})
     result = run(pool, cfg)
-    headers = dict(result.add)
+    headers = dict(result.edits.add)
     assert result.decision.action is Action.TAG
     assert headers["X-Quorum-Verdict"] == "spam; score=2.00"
     assert headers["X-Spam-Flag"] == "YES"
@@ -272,7 +275,7 @@ def test_inbound_forgeable_headers_are_removed_highest_index_first(pool: ThreadP
         b"X-Quorum-Engines: x\r\nX-Spam-Status: No\r\nX-Other: keep\r\n\r\nbody\r\n"
     )
     result = run(pool, config({"av": {}}), raw)
-    removed = {(n.lower(), i) for n, i in result.remove}
+    removed = {(n.lower(), i) for n, i in result.edits.remove}
     assert removed == {
         ("x-quorum-verdict", 1),
         ("x-quorum-verdict", 2),
@@ -280,9 +283,9 @@ def test_inbound_forgeable_headers_are_removed_highest_index_first(pool: ThreadP
         ("x-quorum-engines", 1),
         ("x-spam-status", 1),
     }
-    verdict_indices = [i for n, i in result.remove if n.lower() == "x-quorum-verdict"]
+    verdict_indices = [i for n, i in result.edits.remove if n.lower() == "x-quorum-verdict"]
     assert verdict_indices == [2, 1]  # chgheader by index: delete from the bottom up
-    assert [n for n, _ in result.add] == ["X-Quorum-Verdict", "X-Quorum-Engines"]
+    assert [n for n, _ in result.edits.add] == ["X-Quorum-Verdict", "X-Quorum-Engines"]
 
 
 def test_per_message_log_line(pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture) -> None:
@@ -339,4 +342,4 @@ def test_verdict_value() -> None:
         result = run(pool, cfg)
         RELEASE.set()
     assert verdict_value(result.decision) == "unchecked; degraded=av"
-    assert headers_to_add(result.decision, result.ctx)[0] == ("X-Quorum-Verdict", "unchecked; degraded=av")
+    assert headers_to_add(result.decision, result.scan)[0] == ("X-Quorum-Verdict", "unchecked; degraded=av")

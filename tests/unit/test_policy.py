@@ -12,7 +12,8 @@ from quorum.config.model import EngineSettings, PolicySettings
 from quorum.engines.rspamd import Rspamd, parse_reply
 from quorum.pipeline.headers import headers_to_add, sanitise_header, verdict_value
 from quorum.pipeline.policy import Decision, Policy
-from quorum.pipeline.stages import Action, Reply, ScanContext
+from quorum.pipeline.stages import Action, Reply
+from quorum.pipeline.transaction import Scan as ScanContext
 from quorum.verdict import Category, Status, Verdict
 
 SPAM_TYPES = {"rspamd", "spamassassin", "spam3"}
@@ -146,20 +147,21 @@ def test_a_verdict_without_a_score_votes_by_its_status() -> None:
     assert d.score == pytest.approx(0.5) and d.label == "clean"  # spam without score = 1.0, clean = 0.0
 
 
-def test_engine_threshold_override_decides_through_the_adapter() -> None:
-    """`threshold` is applied by the adapter: the verdict carries it and the policy normalises by it."""
+def test_engine_threshold_override_is_applied_by_the_policy() -> None:
+    """Adapters report the engine's own score and required score; `[engines.X] threshold` is the
+    policy's: it re-judges the score and normalises by the configured threshold."""
     reply = parse_reply(json.dumps({"action": "no action", "score": 4.5, "required_score": 15.0}).encode())
-    own = Rspamd(EngineSettings("rspamd", "rspamd", threshold=3.0, options={"url": "http://127.0.0.1:1"}))
-    stock = Rspamd(EngineSettings("rspamd", "rspamd", options={"url": "http://127.0.0.1:1"}))
+    engine = Rspamd(EngineSettings("rspamd", "rspamd", options={"url": "http://127.0.0.1:1"}))
     try:
-        p = policy(engines("rspamd"), spam_combine="max")
-        d = decide(p, own.verdict_from(reply))
+        verdict = engine.verdict_from(reply)
+        assert verdict.status is Status.CLEAN and verdict.threshold == 15.0
+        d = decide(policy(engines(("rspamd", {"threshold": 3.0})), spam_combine="max"), verdict)
         assert d.label == "spam" and d.score == pytest.approx(1.5)
-        d = decide(p, stock.verdict_from(reply))
+        assert d.verdicts[0].threshold == 3.0 and d.verdicts[0].detail == "4.50/3.00"
+        d = decide(policy(engines("rspamd"), spam_combine="max"), verdict)
         assert d.label == "clean" and d.score == pytest.approx(0.3)
     finally:
-        own.close()
-        stock.close()
+        engine.close()
 
 
 # --- shadow engines ------------------------------------------------------------------------------

@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 
+from quorum.auth.spf import SpfResult
 from quorum.config import parse_config
 from quorum.features import FEATURES
 from quorum.message import Envelope
-from quorum.pipeline.stages import Action, Outcome, Reply, ScanContext, Session
+from quorum.pipeline.stages import Action, Outcome, Reply
+from quorum.pipeline.transaction import Connection, Transaction
 from quorum.ratelimit.fallback import LocalBuckets
 from quorum.ratelimit.limiter import Limiter, Reservation
 from quorum.ratelimit.settings import RateLimitSettings
-from quorum.ratelimit.stage import RateLimitStage, spf_passed
+from quorum.ratelimit.stage import RateLimitStage
 
 
 class Clock:
@@ -33,10 +35,13 @@ def make_stage(table: dict[str, Any], **extra: Any) -> tuple[RateLimitStage, Loc
     return RateLimitStage(s, Limiter(lambda: store, LocalBuckets(clock))), store, clock
 
 
-def session(macros: dict[str, str] | None = None, sender: str = "alice@example.com") -> Session:
-    return Session(
-        Envelope(client_ip="192.0.2.1", sender=sender, recipients=["bob@dest.test"], macros=dict(macros or {}))
-    )
+def session(macros: dict[str, str] | None = None, sender: str = "alice@example.com") -> Transaction:
+    env = Envelope(client_ip="192.0.2.1", sender=sender, recipients=["bob@dest.test"], macros=dict(macros or {}))
+    return Transaction(Connection("192.0.2.1"), env)
+
+
+def spf(result: str) -> SpfResult:
+    return SpfResult(result, "mailfrom", "example.com", "alice@example.com")
 
 
 AUTH = {"{auth_authen}": "alice"}
@@ -55,38 +60,16 @@ def test_unauthenticated_sender_domain_is_not_counted_unless_spf_passed() -> Non
     stage, _, _ = make_stage(LIMITS)
     for _ in range(5):
         assert stage.data(session()) is None  # could be forged: not counted
+    for _ in range(2):
+        s = session()
+        s.spf = spf("pass")
+        assert stage.data(s) is None
     s = session()
-    s.state["auth"] = {"spf": "pass"}
-    assert stage.data(s) is None
-    s = session()
-    s.conn_state["auth"] = {"spf": {"result": "Pass"}}
-    assert stage.data(s) is None
-    s = session()
-    s.state["auth"] = {"spf": "softfail"}
+    s.spf = spf("softfail")
     assert stage.data(s) is None  # not counted
     s = session()
-    s.state["auth"] = {"spf": "pass"}
+    s.spf = spf("pass")
     assert stage.data(s) is not None  # the third trusted message
-
-
-@pytest.mark.parametrize(
-    ("state", "passed"),
-    [
-        ({}, False),
-        ({"auth": {"spf": "pass"}}, True),
-        ({"auth": {"spf": " PASS "}}, True),
-        ({"auth": {"spf": "fail"}}, False),
-        ({"auth": {"spf": None}}, False),
-        ({"auth": {"spf": {"result": "pass"}}}, True),
-        ({"auth": {"spf": type("R", (), {"result": "pass"})()}}, True),
-        ({"auth": type("A", (), {"spf": "pass"})()}, True),
-        ({"auth": "garbage"}, False),
-    ],
-)
-def test_spf_passed_forms(state: dict[str, Any], passed: bool) -> None:
-    s = Session()
-    s.state.update(state)
-    assert spf_passed(s) is passed
 
 
 @pytest.mark.parametrize(
@@ -96,9 +79,9 @@ def test_give_back_when_not_delivered(action: Action, given_back: bool) -> None:
     stage, store, _ = make_stage(LIMITS)
     s = session(AUTH)
     assert stage.data(s) is None
-    assert isinstance(s.state["ratelimit"], Reservation)
+    assert isinstance(s.reservation, Reservation)
     stage.finished(s, Outcome(action))
-    assert "ratelimit" not in s.state
+    assert s.reservation is None
     stage.finished(s, Outcome(action))  # twice: nothing more is given back
     assert (store.peek(["quorum:rl:sd:m1h:{example.com}"])[1] == [0]) is given_back
 
@@ -111,7 +94,7 @@ def test_aborted_gives_back() -> None:
     stage.aborted(s)
     assert stage.data(session(AUTH)) is None  # the aborted one's slot is free again
     assert stage.data(session(AUTH)) is not None
-    stage.aborted(Session())  # no reservation: nothing happens
+    stage.aborted(session())  # no reservation: nothing happens
 
 
 def test_refused_message_reserves_nothing_anywhere() -> None:
@@ -140,11 +123,11 @@ def test_window_expiry_with_injected_clock() -> None:
 
 def test_connect_check_takes_nothing() -> None:
     stage, store, _ = make_stage({"client_ip": {"messages": 1, "per": "1h"}, "check_at_connect": True})
-    assert stage.connect(session()) is None
-    assert stage.connect(session()) is None
+    assert stage.connect(session().connection) is None
+    assert stage.connect(session().connection) is None
     assert len(store) == 0
     assert stage.data(session()) is None
-    reply = stage.connect(session())
+    reply = stage.connect(session().connection)
     assert reply is not None and reply.code == "451"
 
 
@@ -158,9 +141,8 @@ def test_local_fallback_is_logged_in_the_message_facts(caplog: pytest.LogCapture
     sess = session(AUTH)
     with caplog.at_level(logging.WARNING, "quorum.ratelimit"):
         assert stage.data(sess) is None
-    ctx = ScanContext()
-    stage.examine(sess, None, ctx, 0.0)  # type: ignore[arg-type]
-    assert ctx.log == {"ratelimit": "local"}
+    found = stage.examine(sess, None, 0.0)  # type: ignore[arg-type]
+    assert found is not None and found.log == {"ratelimit": "local"}
     assert "fail open" in caplog.text
 
 

@@ -29,22 +29,14 @@ from quorum.access.tables import AddressTable, ClientTable, TableFile
 from quorum.auth.resolver import Resolver
 from quorum.auth.trust import IPNetwork, trust_reason
 from quorum.message import Message, printable
-from quorum.pipeline.stages import Action, Reply, ScanContext, Session, Stage
+from quorum.pipeline import replies
+from quorum.pipeline.stages import Reply, Stage
+from quorum.pipeline.transaction import AccessClass, Findings, Transaction
 from quorum.verdict import Category, Status, Verdict
 
 OK = "ok"
 DEFAULT = "default"
 T = TypeVar("T")
-
-
-def recipient_class(session: Session, recipient: str | None = None) -> str:
-    """The access result ("ok" or "default") of `recipient`, by default of the transaction."""
-    if recipient is None:
-        if not session.envelope.recipients:
-            return DEFAULT
-        recipient = session.envelope.recipients[0]
-    classes: dict[str, tuple[str, str]] = session.state.get("access", {}).get("classes", {})
-    return classes.get(recipient.lower(), (DEFAULT, ""))[0]
 
 
 class AccessStage(Stage):
@@ -60,8 +52,8 @@ class AccessStage(Stage):
             TableFile(settings.header, parse_rules, every) if settings.header else None
         )
 
-    def rcpt(self, session: Session, recipient: str) -> Reply | None:
-        env = session.envelope
+    def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
+        env = txn.envelope
         client = self.client.get().lookup(env.client_ip) if self.client else None
         sender = self.sender.get().lookup(env.sender) if self.sender else None
         rcpt = self.recipient.get().lookup(recipient) if self.recipient else None
@@ -69,39 +61,35 @@ class AccessStage(Stage):
         rules = [r for r in (client, sender, rcpt) if r is not None and r.action != "DUNNO"]
         for rule in rules:
             if rule.action == "REJECT" and (rule is rcpt or not exempt):
-                return Reply.reject("554", "5.7.1", rule.text or "Access denied")
+                return replies.access_denied(rule.text)
         ok = next((r for r in rules if r.action == "OK"), None)
-        cls = OK if ok else DEFAULT
-        state = session.state.setdefault("access", {"classes": {}})
-        accepted = env.recipients
-        if accepted:
-            first = recipient_class(session, accepted[0])
-            if first != cls:
-                return Reply.tempfail("452", "4.5.3", "Recipient needs a separate transaction, try again")
-        state["classes"][recipient.lower()] = (cls, ok.source if ok else "")
+        cls = AccessClass(OK, ok.source) if ok else AccessClass(DEFAULT)
+        if env.recipients and txn.access_class().name != cls.name:
+            return replies.SEPARATE_TRANSACTION
+        txn.access[recipient.lower()] = cls
         return None
 
-    def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
-        if recipient_class(session) == OK:
-            ctx.skip_spam = True
-            first = session.envelope.recipients[0].lower()
-            ctx.log["access"] = f"ok({session.state['access']['classes'][first][1]})"
+    def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
+        found = Findings(self.name)
+        first = txn.access_class()
+        if first.name == OK:
+            found.skip_spam = True
+            found.log["access"] = f"ok({first.source})"
         if self.header is None:
-            return
+            return found
         matches = match(self.header.get(), message.headers)
         for m in matches:
             rule = m.rule
             if rule.action == "REJECT":
-                ctx.decide(
-                    Reply.reject("554", "5.7.1", rule.text or "Message content rejected"), f"header rule {rule.source}"
-                )
+                found.decide(replies.content_rejected(rule.text), f"header rule {rule.source}")
             elif rule.action == "DISCARD":
-                ctx.decide(Reply(Action.DISCARD), f"header rule {rule.source}")
+                found.decide(replies.DISCARD, f"header rule {rule.source}")
             elif rule.action == "HOLD":
-                ctx.hold = True
+                found.hold = True
         if matches:
-            ctx.log["header_rules"] = ",".join(f"{m.rule.action.lower()}({m.rule.source})" for m in matches)
-            ctx.log["header_matched"] = printable(matches[0].header[:100])
+            found.log["header_rules"] = ",".join(f"{m.rule.action.lower()}({m.rule.source})" for m in matches)
+            found.log["header_matched"] = printable(matches[0].header[:100])
+        return found
 
 
 class _Inline(Executor):
@@ -136,52 +124,54 @@ class DnsblStage(Stage):
         self.exempt_recipients = exempt_recipients
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quorum-dnsbl")
 
-    def _skip(self, session: Session) -> bool:
-        return bool(trust_reason(session.envelope, self.trusted_networks)) or not session.envelope.client_ip
+    def _skip(self, txn: Transaction) -> bool:
+        return bool(trust_reason(txn.envelope, self.trusted_networks)) or not txn.envelope.client_ip
 
-    def _pending(self, session: Session) -> PendingCheck:
-        ip = session.envelope.client_ip
-        pending: PendingCheck | None = session.conn_state.get("dnsbl")
-        if pending is None or pending.client_ip != ip:  # XCLIENT may change the address mid-connection
+    def _pending(self, txn: Transaction) -> PendingCheck:
+        ip, conn = txn.envelope.client_ip, txn.connection
+        pending = conn.cache.get(self.name)
+        if (
+            not isinstance(pending, PendingCheck) or pending.client_ip != ip
+        ):  # XCLIENT may change the address mid-connection
             deadline = time.monotonic() + self.resolver.settings.timeout
             try:
                 pending = dnsbl.start(self.resolver, self.lists, ip, deadline, self.executor)
             except RuntimeError:  # closed by a reload while this connection still runs: look up inline
                 pending = dnsbl.start(self.resolver, self.lists, ip, deadline, _INLINE)
-            session.conn_state["dnsbl"] = pending
+            conn.cache[self.name] = pending
         return pending
 
-    def _check(self, session: Session, deadline: float | None = None) -> DnsblCheck:
+    def _check(self, txn: Transaction, deadline: float | None = None) -> DnsblCheck:
         wait = self.resolver.settings.timeout + 1.0
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
-        return self._pending(session).result(wait)
+        return self._pending(txn).result(wait)
 
-    def mail_from(self, session: Session) -> Reply | None:
-        if not self._skip(session):
-            self._pending(session)  # start the lookups now; RCPT collects them
+    def mail_from(self, txn: Transaction) -> Reply | None:
+        if not self._skip(txn):
+            self._pending(txn)  # start the lookups now; RCPT collects them
         return None
 
-    def rcpt(self, session: Session, recipient: str) -> Reply | None:
-        if self._skip(session) or recipient_class(session, recipient) == OK:
+    def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
+        if self._skip(txn) or txn.access_class(recipient).name == OK:
             return None
         if is_exempt(recipient, self.exempt_recipients):
             return None
-        listing = self._check(session).rejecting
+        listing = self._check(txn).rejecting
         if listing is None:
             return None
-        ip = session.envelope.client_ip
-        return Reply.reject("554", "5.7.1", f"Service unavailable; client [{ip}] blocked using {listing.zone}")
+        return replies.dnsbl_listed(txn.envelope.client_ip, listing.zone)
 
-    def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
-        if self._skip(session):
-            return
-        result = self._check(session, deadline)
-        ctx.log.update(result.log_fields())
-        if recipient_class(session) == OK:
-            return
+    def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
+        if self._skip(txn):
+            return None
+        result = self._check(txn, deadline)
+        found = Findings(self.name, dnsbl=result)
+        found.log.update(result.log_fields())
+        if txn.access_class().name == OK:
+            return found
         for listing in result.scoring:
-            ctx.votes.append(
+            found.votes.append(
                 Verdict(
                     engine=f"dnsbl:{listing.zone}",
                     category=Category.ANTISPAM,
@@ -191,6 +181,7 @@ class DnsblStage(Stage):
                     detail="/".join(listing.codes),
                 )
             )
+        return found
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

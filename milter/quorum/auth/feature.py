@@ -55,5 +55,5 @@ def build(config: Config, settings: AuthFeatureSettings) -> list[Stage]:
         exempt = settings.access.exempt_recipients
         stages.append(DnsblStage(resolver, settings.dnsbl, settings.auth.trusted_networks, exempt))
     if settings.auth_enabled:
-        stages.append(AuthStage(settings.auth, resolver, config.milter.authserv_id))
+        stages.append(AuthStage(settings.auth, resolver, config.milter.authserv_id, config.replies))
     return stages

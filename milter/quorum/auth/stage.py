@@ -4,11 +4,13 @@ DMARC enforcement.
 When each check runs:
 - SPF needs the client IP, HELO and MAIL FROM. With `spf_at = "eom"` (default) it runs in
   `examine`, in parallel with the content engines, so the SMTP dialogue never waits on DNS. With
-  `spf_at = "mail"` it runs at MAIL FROM (the dialogue waits) so that stages running at RCPT/DATA
-  (rate limits by sender domain) can use it. Either way the result string is stored at
-  `session.state["auth"]["spf"]` (and the full result at `["spf_result"]`).
+  `spf_at = "mail"` it runs at MAIL FROM (the dialogue waits) and is recorded on the transaction
+  (`txn.spf`) so that stages running at RCPT/DATA (rate limits by sender domain) can use it.
 - DKIM and DMARC need the message: `examine` only. DKIM is skipped above `dkim_max_size`
-  (memory stays bounded; every signature then reads `neutral`). DMARC follows DKIM.
+  (memory stays bounded; every signature then reads `neutral`) and on a message whose body was
+  not stored whole (over max_message_size with on_oversize = "accept"): a truncated message is
+  never judged as if whole, so its DKIM signatures read `neutral` and DMARC is not enforced on it.
+  DMARC follows DKIM.
 
 Trust: SMTP-authenticated sessions get `auth=pass smtp.auth=<user>` and no SPF or DMARC (the
 client address of a roaming user says nothing about the domain); trusted networks are checked
@@ -19,9 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from quorum.access.stage import OK, recipient_class
+from quorum.access.stage import OK
 from quorum.auth import results
 from quorum.auth.dkim import DkimResult, not_verified, verify_dkim
 from quorum.auth.dmarc import DmarcResult, evaluate
@@ -29,8 +30,11 @@ from quorum.auth.resolver import Resolver
 from quorum.auth.settings import AuthSettings
 from quorum.auth.spf import SpfResult, check_spf
 from quorum.auth.trust import trust_reason
+from quorum.config.model import ReplyTexts
 from quorum.message import Envelope, Message
-from quorum.pipeline.stages import Reply, ScanContext, Session, Stage
+from quorum.pipeline import replies
+from quorum.pipeline.stages import Stage
+from quorum.pipeline.transaction import AuthFindings, Findings, Transaction
 from quorum.verdict import Category, Status, Verdict
 
 log = logging.getLogger("quorum.auth")
@@ -41,45 +45,46 @@ _MARGIN = 0.2  # seconds kept back from the scan deadline to hand the facts over
 class AuthStage(Stage):
     name = "auth"
 
-    def __init__(self, settings: AuthSettings, resolver: Resolver, authserv_id: str) -> None:
+    def __init__(
+        self, settings: AuthSettings, resolver: Resolver, authserv_id: str, texts: ReplyTexts | None = None
+    ) -> None:
         self.settings = settings
+        self.texts = texts or ReplyTexts()
         self.resolver = resolver
         self.authserv_id = authserv_id
-        self._forged = results.claims_our_id(authserv_id)
-
-    def _state(self, session: Session) -> dict[str, Any]:
-        return session.state.setdefault(self.name, {})
+        # Fixed here, not in examine: a forged A-R goes even when the checks never ran.
+        self.removals = ((results.HEADER, results.claims_our_id(authserv_id)),)  # type: ignore[assignment]
 
     def _spf(self, envelope: Envelope, deadline: float) -> SpfResult:
         return check_spf(self.resolver, envelope.client_ip, envelope.sender, envelope.helo, deadline)
 
-    def mail_from(self, session: Session) -> Reply | None:
-        env = session.envelope
+    def mail_from(self, txn: Transaction) -> None:
+        env = txn.envelope
         if self.settings.spf and self.settings.spf_at == "mail" and not env.auth_user and env.client_ip:
-            spf = self._spf(env, time.monotonic() + min(20.0, 4 * self.resolver.settings.timeout))
-            self._state(session).update(spf=spf.result, spf_result=spf)
+            txn.spf = self._spf(env, time.monotonic() + min(20.0, 4 * self.resolver.settings.timeout))
         return None
 
-    def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
-        ctx.remove.append((results.HEADER, self._forged))
+    def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
+        found = Findings(self.name)
         try:
-            self._examine(session, message, ctx, deadline - _MARGIN)
+            self._examine(txn, message, found, deadline - _MARGIN)
         except Exception as exc:  # never lose the message to a checker bug
             log.exception("sender authentication failed")
-            ctx.log["auth_error"] = exc.__class__.__name__
+            found.log["auth_error"] = exc.__class__.__name__
+        return found
 
-    def _examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
+    def _examine(self, txn: Transaction, message: Message, found: Findings, deadline: float) -> None:
         s = self.settings
         env = message.envelope
-        state = self._state(session)
         trust = trust_reason(env, s.trusted_networks)
         spf: SpfResult | None = None
         if s.spf and not env.auth_user and env.client_ip:
-            spf = state.get("spf_result") or self._spf(env, deadline)
-            state.update(spf=spf.result, spf_result=spf)
+            spf = txn.spf or self._spf(env, deadline)
         dkim: list[DkimResult] | None = None
         if s.dkim:
-            if message.size > s.dkim_max_size:
+            if message.truncated:
+                dkim = not_verified(message.headers, "not verified: body not stored whole", s.dkim_max_signatures)
+            elif message.size > s.dkim_max_size:
                 dkim = not_verified(message.headers, "not verified: message above dkim_max_size", s.dkim_max_signatures)
             else:
                 dkim = verify_dkim(
@@ -88,15 +93,17 @@ class AuthStage(Stage):
         dmarc: DmarcResult | None = None
         if s.dmarc and not env.auth_user:
             dmarc = evaluate(message.headers, spf, dkim or [], self.resolver, deadline)
-        state.update(dkim=dkim, dmarc=dmarc)
-        ctx.headers.append((results.HEADER, results.header_value(self.authserv_id, spf, dkim, dmarc, env.auth_user)))
-        self._log(ctx, spf, dkim, dmarc, trust)
-        if dmarc is not None:
-            self._enforce(session, ctx, dmarc, trust)
+        found.auth = AuthFindings(spf, tuple(dkim) if dkim is not None else None, dmarc)
+        found.headers.append((results.HEADER, results.header_value(self.authserv_id, spf, dkim, dmarc, env.auth_user)))
+        self._log(found, spf, dkim, dmarc, trust)
+        if dmarc is not None and message.truncated and dmarc.result == "fail":
+            found.log["dmarc_action"] = "none(body not stored whole)"
+        elif dmarc is not None:
+            self._enforce(txn, found, dmarc, trust)
 
     def _log(
         self,
-        ctx: ScanContext,
+        ctx: Findings,
         spf: SpfResult | None,
         dkim: list[DkimResult] | None,
         dmarc: DmarcResult | None,
@@ -111,21 +118,19 @@ class AuthStage(Stage):
         if trust:
             ctx.log["trust"] = trust
 
-    def _enforce(self, session: Session, ctx: ScanContext, dmarc: DmarcResult, trust: str) -> None:
+    def _enforce(self, txn: Transaction, ctx: Findings, dmarc: DmarcResult, trust: str) -> None:
         s = self.settings
         if dmarc.result != "fail" or dmarc.testing or s.dmarc_enforce == "off":
             return
         if dmarc.policy not in ("quarantine", "reject"):
             return
-        if trust or recipient_class(session) == OK:
+        if trust or txn.access_class().name == OK:
             ctx.log["dmarc_action"] = f"none({trust or 'access ok'})"
             return
         if dmarc.policy == "reject" and s.dmarc_enforce == "reject":
             ctx.log["dmarc_action"] = "reject"
-            ctx.decide(
-                Reply.reject("550", "5.7.1", f"Email rejected per DMARC policy for {dmarc.header_from}"),
-                f"dmarc=fail {dmarc.policy_tag}=reject",
-            )
+            texts = txn.policy.replies if txn.policy is not None else self.texts
+            ctx.decide(replies.dmarc(texts, dmarc.header_from), f"dmarc=fail {dmarc.policy_tag}=reject")
             return
         ctx.log["dmarc_action"] = "hold" if s.dmarc_quarantine_action == "hold" else "quarantine"
         ctx.spam_flag = True

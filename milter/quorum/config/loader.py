@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grp
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -10,13 +12,13 @@ from typing import Any
 
 from quorum.config import model
 from quorum.config.fields import ConfigError, Problems, Table
-from quorum.config.model import Config, EngineSettings, MilterSettings, PolicySettings
+from quorum.config.model import Config, EngineSettings, MilterSettings, PolicySettings, ReplyTexts
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
 _SOCKET = re.compile(r"^(inet:\d{1,5}(@\S+)?|inet6:\d{1,5}(@\S+)?|(unix|local):/\S+)$")
 _ENGINE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_KNOWN_TOP = {"milter", "policy", "engines"}
+_KNOWN_TOP = {"milter", "policy", "engines", "replies"}
 
 
 def load_config(path: str | Path) -> Config:
@@ -37,6 +39,7 @@ def parse_config(data: Mapping[str, Any], path: str | None = None) -> Config:
     root = Table(data, "", problems)
     milter = _milter(root.table("milter"))
     policy = _policy(root.table("policy"))
+    replies = parse_replies(root.table("replies"))
     engines = _engines(root.table("engines"), problems)
     from quorum.features import FEATURES  # late import: features import config helpers
 
@@ -45,7 +48,7 @@ def parse_config(data: Mapping[str, Any], path: str | None = None) -> Config:
     _cross_checks(milter, policy, engines, problems)
     if problems.errors:
         raise ConfigError(problems.errors)
-    return Config(milter, policy, engines, features, tuple(problems.warnings), path)
+    return Config(milter, policy, engines, features, replies, tuple(problems.warnings), path)
 
 
 def _milter(t: Table) -> MilterSettings:
@@ -80,6 +83,10 @@ def _milter(t: Table) -> MilterSettings:
         workers=t.int("workers", d.workers, minimum=2, maximum=4096),
         log_level=t.choice("log_level", d.log_level, ("debug", "info", "warning", "error")),
         metrics_listen=t.opt_str("metrics_listen"),
+        max_recipients=t.int("max_recipients", d.max_recipients, minimum=1, maximum=100000),
+        max_headers=t.int("max_headers", d.max_headers, minimum=10),
+        max_header_bytes=t.size("max_header_bytes", d.max_header_bytes, minimum=4096),
+        user=t.opt_str("user"),
     )
     if settings.metrics_listen is not None and not re.match(r"^\[?[\w.:-]*\]?:\d{1,5}$", settings.metrics_listen):
         t.problems.error(
@@ -87,8 +94,31 @@ def _milter(t: Table) -> MilterSettings:
         )
     if settings.tmpdir and not Path(settings.tmpdir).is_dir():
         t.problems.error(t.key("tmpdir"), f"{settings.tmpdir!r} is not a directory; create it or remove the key")
+    _check_accounts(t, settings)
     t.reject_unknown()
     return settings
+
+
+def _check_accounts(t: Table, settings: MilterSettings) -> None:
+    """The group and user must exist here, or the worker fails after binding and restarts forever."""
+    if settings.socket_group is not None:
+        try:
+            grp.getgrnam(settings.socket_group)
+        except KeyError:
+            t.problems.error(
+                t.key("socket_group"),
+                f"no group {settings.socket_group!r} on this machine; set the group Postfix's smtpd runs as "
+                '(usually "postfix") or remove the key',
+            )
+    if settings.user is not None:
+        try:
+            pwd.getpwnam(settings.user)
+        except KeyError:
+            t.problems.error(
+                t.key("user"),
+                f"no user {settings.user!r} on this machine; create it (useradd --system --user-group "
+                f"--no-create-home --shell /usr/sbin/nologin {settings.user}) or remove the key",
+            )
 
 
 def _policy(t: Table) -> PolicySettings:
@@ -102,6 +132,26 @@ def _policy(t: Table) -> PolicySettings:
         spam_reject_score=t.opt_float("spam_reject_score", minimum=0.0),
         on_spam_engine_failure=t.choice("on_spam_engine_failure", d.on_spam_engine_failure, model.FAILURE_ACTIONS),
     )
+    t.reject_unknown()
+    return settings
+
+
+def parse_replies(t: Table, base: ReplyTexts | None = None) -> ReplyTexts:
+    """`[replies]` (or a tenant's): refusal texts, validated so a typo'd placeholder is caught."""
+    d = base or ReplyTexts()
+    texts: dict[str, str] = {}
+    for key, allowed in model.REPLY_PLACEHOLDERS.items():
+        value = t.str(key, getattr(d, key))
+        for found in re.findall(r"\{([^{}]*)\}", value):
+            if found not in allowed:
+                t.problems.error(
+                    t.key(key),
+                    f"unknown placeholder {{{found}}}; allowed here: {', '.join('{' + a + '}' for a in allowed) or 'none'}",
+                )
+        if not value.strip() or len(value) > 300:
+            t.problems.error(t.key(key), "must be 1 to 300 characters of text")
+        texts[key] = value
+    settings = ReplyTexts(**texts, disclose_virus_name=t.bool("disclose_virus_name", d.disclose_virus_name))
     t.reject_unknown()
     return settings
 

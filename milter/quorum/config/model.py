@@ -32,6 +32,10 @@ class MilterSettings:
     workers: int = 64
     log_level: str = "info"
     metrics_listen: str | None = None  # "127.0.0.1:9901": Prometheus exporter
+    max_recipients: int = 1000  # per transaction; more get 452 4.5.3
+    max_headers: int = 1000  # header fields per message; more -> 552 5.3.4
+    max_header_bytes: int = 1 << 20  # total header size per message; more -> 552 5.3.4
+    user: str | None = None  # started as root: bind, then drop to this user (service/privileges.py)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,27 @@ class PolicySettings:
     spam_quorum: int = 1
     spam_reject_score: float | None = None
     on_spam_engine_failure: str = "accept"
+
+
+# The placeholders each refusal text may use (see quorum.pipeline.replies).
+REPLY_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "virus": ("name",),
+    "spam": (),
+    "rule": ("rule",),
+    "dmarc": ("domain",),
+}
+
+
+@dataclass(frozen=True)
+class ReplyTexts:
+    """Refusal texts a tenant may word itself (`[replies]`, `[domains."d".replies]`); the defaults
+    name no engine. Placeholders: see quorum.pipeline.replies."""
+
+    virus: str = "message contains a virus"
+    spam: str = "message classified as spam"
+    rule: str = "message refused by content policy"
+    dmarc: str = "Email rejected per DMARC policy for {domain}"
+    disclose_virus_name: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +94,7 @@ class Config:
     policy: PolicySettings
     engines: tuple[EngineSettings, ...]
     features: Mapping[str, Any] = field(default_factory=dict)
+    replies: ReplyTexts = field(default_factory=ReplyTexts)
     warnings: tuple[str, ...] = ()
     path: str | None = None
 

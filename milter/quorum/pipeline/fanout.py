@@ -1,7 +1,10 @@
 """Run every engine and every stage's end-of-data check in parallel under one deadline.
 
 The caller's thread (a libmilter connection thread) only waits and calls `progress()` so
-Postfix's content timeout does not fire; all I/O happens on the shared worker pool.
+Postfix's content timeout does not fire. Engine calls run on each engine's own executor, stage
+checks on the stage pool. When the fan-out ends (all answered, early exit or deadline) calls that
+have not started are cancelled, running ones are told to stop (their sockets shut down), and
+whatever they return afterwards is dropped and counted: nothing late reaches the transaction.
 """
 
 from __future__ import annotations
@@ -10,38 +13,49 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass
 from typing import Any
 
+from quorum import metrics
 from quorum.engines.base import ScanCall
 from quorum.message import Message
 from quorum.pipeline.runner import EngineRunner
-from quorum.pipeline.stages import ScanContext, Session, Stage
+from quorum.pipeline.stages import Stage
+from quorum.pipeline.transaction import Findings, Scan, Transaction
 from quorum.verdict import Status, Verdict
 
 log = logging.getLogger("quorum.pipeline")
 
+Settled = Callable[[list[Verdict], Scan], bool]
+
+
+@dataclass
+class FanOut:
+    verdicts: list[Verdict]
+    scan: Scan
+
 
 def fan_out(
-    pool: Executor,
+    stage_pool: Executor,
     runners: list[EngineRunner],
     stages: list[Stage],
-    session: Session,
+    txn: Transaction,
     message: Message,
-    ctx: ScanContext,
     deadline: float,
-    settled: Callable[[list[Verdict], ScanContext], bool],
+    settled: Settled,
     progress: Callable[[], None] | None = None,
     progress_interval: float = 10.0,
-) -> list[Verdict]:
+) -> FanOut:
     start = time.monotonic()
     calls: dict[Future[Verdict], tuple[EngineRunner, ScanCall]] = {}
     for runner in runners:
         call = ScanCall(min(deadline, start + runner.settings.timeout))
-        calls[pool.submit(runner.run, message, call)] = (runner, call)
-    checks: dict[Future[None], Stage] = {
-        pool.submit(_examine, stage, session, message, ctx, deadline): stage for stage in stages
+        calls[runner.submit(message, call)] = (runner, call)
+    checks: dict[Future[Findings | None], Stage] = {
+        stage_pool.submit(_examine, stage, txn, message, deadline): stage for stage in stages
     }
     done: dict[str, Verdict] = {}
+    found: dict[str, Findings] = {}
     pending: set[Future[Any]] = set(calls) | set(checks)
     early_exit = False
     next_progress = start + progress_interval
@@ -49,17 +63,22 @@ def fan_out(
         now = time.monotonic()
         if now >= deadline:
             break
-        finished, pending = wait(pending, timeout=min(deadline, next_progress) - now, return_when=FIRST_COMPLETED)
+        timeout = min(deadline, next_progress) - now if progress else deadline - now
+        finished, pending = wait(pending, timeout=max(0.0, timeout), return_when=FIRST_COMPLETED)
         for fut in finished:
             if fut in calls:
-                runner, _ = calls[fut]
-                done[runner.name] = fut.result()
+                done[calls[fut][0].name] = fut.result()
+            elif (findings := fut.result()) is not None:
+                found[checks[fut].name] = findings
         if progress and time.monotonic() >= next_progress:
             _safe(progress)
             next_progress = time.monotonic() + progress_interval
-        if finished and settled(list(done.values()), ctx):
+        if finished and settled(list(done.values()), _merge(stages, found)):
             early_exit = True
             break
+    for fut in pending:  # unstarted ones never run; late ones are dropped and counted
+        fut.cancel()
+        fut.add_done_callback(_count_late)
     verdicts = []
     for _fut, (runner, call) in calls.items():
         if runner.name in done:
@@ -71,19 +90,30 @@ def fan_out(
             verdicts.append(runner.engine.verdict(Status.CANCELLED, elapsed=elapsed))
         else:
             verdicts.append(runner.engine.verdict(Status.ERROR, error="timeout", elapsed=elapsed))
-    for check_fut, stage in checks.items():
-        if not check_fut.done() and not early_exit:
+    scan = _merge(stages, found)
+    if not early_exit:
+        for stage in (checks[f] for f in pending if f in checks):
             log.warning("stage %s did not finish before the scan deadline", stage.name)
-            ctx.log[f"{stage.name}_timeout"] = "yes"
-    return verdicts
+            scan.log[f"{stage.name}_timeout"] = "yes"
+    return FanOut(verdicts, scan)
 
 
-def _examine(stage: Stage, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
+def _merge(stages: list[Stage], found: dict[str, Findings]) -> Scan:
+    """Merged in stage order, whatever order the checks finished in: the first stage's reply wins."""
+    return Scan.merge(found[s.name] for s in stages if s.name in found)
+
+
+def _examine(stage: Stage, txn: Transaction, message: Message, deadline: float) -> Findings | None:
     try:
-        stage.examine(session, message, ctx, deadline)
-    except Exception:  # noqa: BLE001 - a stage bug must not reach the milter
+        return stage.examine(txn, message, deadline)
+    except Exception as exc:  # noqa: BLE001 - a stage bug must not reach the milter
         log.exception("stage %s failed at end-of-data", stage.name)
-        ctx.log[f"{stage.name}_error"] = "yes"
+        return Findings(stage.name, log={f"{stage.name}_error": type(exc).__name__})
+
+
+def _count_late(fut: Future[Any]) -> None:
+    if not fut.cancelled():
+        metrics.LATE_RESULTS.inc()
 
 
 def _safe(fn: Callable[[], None]) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from quorum.pipeline.policy import Decision
-from quorum.pipeline.stages import Action, ScanContext
+from quorum.pipeline.stages import Action
 from quorum.verdict import Verdict
+
+if TYPE_CHECKING:
+    from quorum.pipeline.policy import Decision
+    from quorum.pipeline.transaction import Scan
 
 _DETAIL_UNSAFE = re.compile(r"[,;()\x00-\x1f\x7f]+")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
@@ -54,10 +58,10 @@ def verdict_value(d: Decision) -> str:
     return value
 
 
-def headers_to_add(d: Decision, ctx: ScanContext) -> list[tuple[str, str]]:
+def headers_to_add(d: Decision, scan: Scan) -> list[tuple[str, str]]:
     if d.action not in (Action.ACCEPT, Action.TAG, Action.QUARANTINE):
         return []
-    out = list(ctx.headers)
+    out = list(scan.headers)
     out.append(("X-Quorum-Verdict", verdict_value(d)))
     if d.verdicts:
         out.append(("X-Quorum-Engines", fold_items([engine_item(v) for v in d.verdicts])))

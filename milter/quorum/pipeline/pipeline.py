@@ -1,11 +1,17 @@
-"""The pipeline: built from one Config, immutable afterwards (a reload builds a new one)."""
+"""The pipeline: built from one Config, immutable afterwards (a reload builds a new one).
+
+Flow per transaction: `begin` at MAIL FROM, the SMTP-stage hooks, then at end-of-data `check`
+(fan-out, one decision, one `Edits`), then `finish` once the milter applied the edits (or failed
+to), which tells the stages, logs one line and counts it. `abort` ends a transaction that never
+reached end-of-data.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from quorum import metrics
@@ -13,11 +19,13 @@ from quorum.config.model import Config
 from quorum.engines import build_engine
 from quorum.features import FEATURES
 from quorum.message import Message, printable
+from quorum.pipeline import output, replies
 from quorum.pipeline.fanout import fan_out
-from quorum.pipeline.headers import headers_to_add, is_ours
+from quorum.pipeline.output import Edits
 from quorum.pipeline.policy import Decision, Policy
 from quorum.pipeline.runner import EngineRunner
-from quorum.pipeline.stages import Action, Outcome, Reply, ScanContext, Session, Stage
+from quorum.pipeline.stages import Action, Outcome, Reply, Stage
+from quorum.pipeline.transaction import Connection, Scan, Transaction
 
 log = logging.getLogger("quorum.pipeline")
 msglog = logging.getLogger("quorum.message")
@@ -25,28 +33,30 @@ msglog = logging.getLogger("quorum.message")
 
 @dataclass
 class Result:
-    """The decision plus the header edits that carry it out."""
+    """The decision, what the stages found, and the edits that carry it out."""
 
     decision: Decision
-    ctx: ScanContext
-    add: list[tuple[str, str]] = field(default_factory=list)
-    remove: list[tuple[str, int]] = field(default_factory=list)  # (name, 1-based index), highest first
+    scan: Scan
+    edits: Edits
     elapsed: float = 0.0
+    outcome: Action | None = None  # what was finally answered (set by `finish`)
+    notes: list[str] = field(default_factory=list)
 
 
 class Pipeline:
-    def __init__(self, config: Config, pool: Executor) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.pool = pool
         self.runners = [EngineRunner(build_engine(s)) for s in config.enabled_engines]
-        self.policy = Policy(config.policy, {s.name: s for s in config.engines})
+        self.policy = Policy(config.policy, {s.name: s for s in config.engines}, config.replies)
         self.stages: list[Stage] = [stage for feature in FEATURES for stage in feature.build(config)]
+        self.removals = tuple(r for stage in self.stages for r in stage.removals)
+        self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
 
-    # SMTP-stage hooks: first Reply wins; a failing stage is logged and skipped.
-    def hook(self, name: str, session: Session, *args: str) -> Reply | None:
+    # -- SMTP-time hooks: first Reply wins; a failing stage is logged and skipped. -------------
+    def hook(self, name: str, *args: object) -> Reply | None:
         for stage in self.stages:
             try:
-                reply: Reply | None = getattr(stage, name)(session, *args)
+                reply: Reply | None = getattr(stage, name)(*args)
             except Exception:  # noqa: BLE001 - a stage bug must not break the SMTP session
                 log.exception("stage %s failed in %s", stage.name, name)
                 continue
@@ -54,115 +64,128 @@ class Pipeline:
                 return reply
         return None
 
-    def notify(self, name: str, session: Session, *args: object) -> None:
+    def _notify(self, name: str, *args: object) -> None:
         for stage in self.stages:
             try:
-                getattr(stage, name)(session, *args)
+                getattr(stage, name)(*args)
             except Exception:  # noqa: BLE001
                 log.exception("stage %s failed in %s", stage.name, name)
 
-    def check(self, session: Session, message: Message, progress: Callable[[], None] | None = None) -> Result:
+    def begin(self, conn: Connection, sender: str) -> Transaction:
+        txn = Transaction(conn, conn.envelope())
+        txn.envelope.sender = sender
+        return txn
+
+    def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
+        """A recipient: the transaction limit, then the stages. Accepted ones join the envelope."""
+        if len(txn.envelope.recipients) >= self.config.milter.max_recipients:
+            metrics.LIMITS_HIT.labels("recipients").inc()
+            return replies.TOO_MANY_RECIPIENTS
+        reply = self.hook("rcpt", txn, recipient)
+        if reply is None:
+            txn.envelope.recipients.append(recipient)
+        return reply
+
+    def abort(self, txn: Transaction) -> None:
+        if txn.open:
+            txn.open = False
+            self._notify("aborted", txn)
+
+    # -- end of data ---------------------------------------------------------------------------
+    def check(self, txn: Transaction, message: Message, progress: Callable[[], None] | None = None) -> Result:
         """Scan and decide. Never raises: an internal failure becomes a tempfail."""
         start = time.monotonic()
-        ctx = ScanContext()
         try:
-            result = self._check(session, message, ctx, progress, start)
+            result = self._check(txn, message, progress, start)
         except Exception:  # noqa: BLE001 - the safe answer to our own bug is "try again later"
-            log.exception("pipeline failed for %s", session.envelope.queue_id or "message")
-            reply = Reply.tempfail("451", "4.3.0", "internal error, please try again later")
-            result = Result(Decision(Action.TEMPFAIL, "unchecked", reply, reasons=["internal error"]), ctx)
+            log.exception("pipeline failed for %s", txn.envelope.queue_id or "message")
+            result = refused(replies.INTERNAL_ERROR, "unchecked", "internal error")
         result.elapsed = time.monotonic() - start
-        self.notify("finished", session, Outcome(result.decision.action, result.decision.reply))
-        self._log(session, message, result)
-        metrics.observe(result.decision.label, str(result.decision.action), result.decision.verdicts, result.elapsed)
         return result
 
-    def _check(
-        self,
-        session: Session,
-        message: Message,
-        ctx: ScanContext,
-        progress: Callable[[], None] | None,
-        start: float,
-    ) -> Result:
+    def _check(self, txn: Transaction, message: Message, progress: Callable[[], None] | None, start: float) -> Result:
         m = self.config.milter
         if message.truncated or message.size > m.max_message_size:
             decision = self._oversize(message)
             if decision is not None:
-                return Result(decision, ctx)
-        verdicts = fan_out(
-            self.pool,
+                return Result(decision, Scan(), output.plan(decision, Scan(), message, ()))
+        policy = self.policy
+        found = fan_out(
+            self.stage_pool,
             self.runners,
             self.stages,
-            session,
+            txn,
             message,
-            ctx,
             start + m.scan_deadline,
-            self.policy.settled,
+            policy.settled,
             progress,
             m.progress_interval,
         )
-        decision = self.policy.decide(verdicts, ctx)
-        if decision.action not in (Action.ACCEPT, Action.TAG, Action.QUARANTINE):
-            return Result(decision, ctx)
-        return Result(decision, ctx, headers_to_add(decision, ctx), self._removals(message, ctx))
+        decision = policy.decide(found.verdicts, found.scan)
+        return Result(decision, found.scan, output.plan(decision, found.scan, message, self.removals))
 
     def _oversize(self, message: Message) -> Decision | None:
         m = self.config.milter
         reason = f"message size {message.size} exceeds max_message_size {m.max_message_size}"
         if m.on_oversize == "reject":
-            reply = Reply.reject("552", "5.3.4", "message too big for content scanning")
-            return Decision(Action.REJECT, "unchecked", reply, reasons=[reason])
+            return Decision(Action.REJECT, "unchecked", replies.TOO_BIG, reasons=[reason])
         if m.on_oversize == "tempfail":
-            reply = Reply.tempfail("452", "4.3.4", "message too big for content scanning now")
-            return Decision(Action.TEMPFAIL, "unchecked", reply, reasons=[reason])
+            return Decision(Action.TEMPFAIL, "unchecked", replies.TOO_BIG_NOW, reasons=[reason])
         return None  # accept: engines skip it by size and the verdict says "unchecked"
 
-    @staticmethod
-    def _removals(message: Message, ctx: ScanContext) -> list[tuple[str, int]]:
-        seen: dict[str, int] = {}
-        out: list[tuple[str, int]] = []
-        for h in message.headers:
-            key = h.name.lower()
-            seen[key] = seen.get(key, 0) + 1
-            if is_ours(h.name) or any(key == name.lower() and _matches(pred, h.raw_value) for name, pred in ctx.remove):
-                out.append((h.name, seen[key]))
-        return sorted(out, key=lambda x: (x[0].lower(), -x[1]))
+    def finish(self, txn: Transaction, message: Message, result: Result, outcome: Action, reply: Reply | None) -> None:
+        """The milter answered `outcome` (the edits applied, or a 451 because they failed)."""
+        result.outcome = outcome
+        if txn.open:
+            txn.open = False
+            self._notify("finished", txn, Outcome(outcome, reply))
+        self._log(txn, message, result, reply)
+        d = result.decision
+        metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed)
 
-    def _log(self, session: Session, message: Message, result: Result) -> None:
-        env = session.envelope
+    def _log(self, txn: Transaction, message: Message, result: Result, reply: Reply | None) -> None:
+        env = txn.envelope
         d = result.decision
         engines = ",".join(f"{v.engine}:{v.label()}:{v.elapsed * 1000:.0f}ms" for v in d.verdicts)
-        facts = " ".join(f"{k}={printable(v)}" for k, v in result.ctx.log.items())
+        facts = " ".join(f"{k}={printable(v)}" for k, v in result.scan.log.items())
+        reasons = d.reasons + result.notes
         msglog.info(
-            "qid=%s from=<%s> to=%s client=%s size=%d verdict=%s action=%s%s engines=%s%s%s reason=%r%s time=%.0fms",
+            "qid=%s from=<%s> to=%s client=%s size=%d verdict=%s action=%s%s engines=%s%s%s reason=%r%s"
+            " time=%.0fms txn=%s",
             env.queue_id or "-",
             printable(env.sender),
             ",".join(f"<{printable(r)}>" for r in env.recipients) or "-",
             env.client_ip or "-",
             message.size,
             d.label,
-            d.action,
-            f" reply={printable(str(d.reply))!r}" if d.reply else "",
+            result.outcome or d.action,
+            f" reply={printable(str(reply))!r}" if reply else "",
             engines or "-",
             f" degraded={','.join(d.degraded)}" if d.degraded else "",
             f" left_out={','.join(d.left_out)}" if d.left_out else "",
-            "; ".join(d.reasons),
+            "; ".join(reasons),
             f" {facts}" if facts else "",
             result.elapsed * 1000,
+            txn.id,
         )
-        if d.quarantine_reason:
-            msglog.warning("qid=%s quarantined: %s", env.queue_id or "-", d.quarantine_reason)
+        if result.edits.quarantine and result.outcome is Action.QUARANTINE:
+            msglog.warning("qid=%s quarantined: %s", env.queue_id or "-", result.edits.quarantine)
 
     def close(self) -> None:
-        close_parts(self.runners, self.stages)
+        close_parts(self.runners, self.stages, self.stage_pool)
 
 
-def close_parts(runners: list[EngineRunner], stages: list[Stage]) -> None:
-    """Release engines' and stages' connections (also used on a replaced pipeline, see App.reload)."""
+def refused(reply: Reply, label: str, reason: str) -> Result:
+    """A result that answers `reply` without scanning (internal failure, body not stored, limits)."""
+    decision = Decision(reply.action, label, reply, reasons=[reason])
+    return Result(decision, Scan(), Edits(reply.action, reply))
+
+
+def close_parts(runners: list[EngineRunner], stages: list[Stage], stage_pool: ThreadPoolExecutor) -> None:
+    """Release engines', stages' and pools' resources (also used on a replaced pipeline, see App.reload)."""
     for runner in runners:
         try:
-            runner.engine.close()
+            runner.close()
         except Exception:  # noqa: BLE001
             log.debug("closing engine %s failed", runner.name, exc_info=True)
     for stage in stages:
@@ -170,10 +193,4 @@ def close_parts(runners: list[EngineRunner], stages: list[Stage]) -> None:
             stage.close()
         except Exception:  # noqa: BLE001
             log.debug("closing stage %s failed", stage.name, exc_info=True)
-
-
-def _matches(pred: object, raw: bytes) -> bool:
-    try:
-        return bool(pred(raw))  # type: ignore[operator]
-    except Exception:  # noqa: BLE001
-        return False
+    stage_pool.shutdown(wait=False, cancel_futures=True)

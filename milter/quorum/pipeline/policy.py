@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from quorum.config.model import EngineSettings, PolicySettings
-from quorum.pipeline.stages import Action, Reply, ScanContext
+from quorum.config.model import EngineSettings, PolicySettings, ReplyTexts
+from quorum.pipeline import replies
+from quorum.pipeline.stages import Action, Reply
+from quorum.pipeline.transaction import Scan
 from quorum.verdict import Category, Status, Verdict
-
-TEMPFAIL_AV = Reply.tempfail("451", "4.7.1", "virus scanning temporarily unavailable, please try again later")
-TEMPFAIL_SPAM = Reply.tempfail("451", "4.7.1", "spam scanning temporarily unavailable, please try again later")
 
 
 @dataclass
@@ -38,9 +37,31 @@ class Vote:
 
 
 class Policy:
-    def __init__(self, policy: PolicySettings, engines: Mapping[str, EngineSettings]) -> None:
+    """The decision rules of one effective policy (global, or a tenant's). Cheap to build.
+
+    Engine thresholds and weights are applied here, not in the adapters: an adapter reports the
+    engine's own score and required score; `[engines.X] threshold` re-judges that score.
+    """
+
+    def __init__(
+        self,
+        policy: PolicySettings,
+        engines: Mapping[str, EngineSettings],
+        texts: ReplyTexts | None = None,
+    ) -> None:
         self.settings = policy
         self.engines = engines
+        self.texts = texts or ReplyTexts()
+
+    def judged(self, v: Verdict) -> Verdict:
+        """`v` re-judged against the configured `threshold` of its engine, if any."""
+        s = self.engines.get(v.engine)
+        if s is None or s.threshold is None or v.score is None or v.category is not Category.ANTISPAM:
+            return v
+        if v.status not in (Status.SPAM, Status.CLEAN):
+            return v
+        status = Status.SPAM if v.score >= s.threshold else Status.CLEAN
+        return v.with_(status=status, threshold=s.threshold, detail=f"{v.score:.2f}/{s.threshold:.2f}")
 
     def _vote(self, v: Verdict) -> Vote:
         s = self.engines.get(v.engine)
@@ -48,19 +69,20 @@ class Policy:
             return Vote(v, float(v.extra.get("weight", 1.0)), True)
         return Vote(v, s.weight, s.mode == "vote")
 
-    def settled(self, verdicts: list[Verdict], ctx: ScanContext) -> bool:
+    def settled(self, verdicts: list[Verdict], scan: Scan) -> bool:
         """True once the remaining scans cannot change the answer (early exit)."""
         if self.settings.on_virus != "tag":
             for v in verdicts:
                 if v.status is Status.INFECTED and self._vote(v).voting:
                     return True
-        return ctx.reply is not None and ctx.reply.action in (Action.REJECT, Action.TEMPFAIL)
+        return scan.final
 
-    def decide(self, verdicts: list[Verdict], ctx: ScanContext) -> Decision:
+    def decide(self, verdicts: list[Verdict], scan: Scan) -> Decision:
         p = self.settings
-        votes = [self._vote(v) for v in verdicts + ctx.votes]
+        verdicts = [self.judged(v) for v in verdicts]
+        votes = [self._vote(v) for v in verdicts + scan.votes]
         voting = [x.verdict for x in votes if x.voting]
-        d = Decision(Action.ACCEPT, "clean", verdicts=verdicts + ctx.votes)
+        d = Decision(Action.ACCEPT, "clean", verdicts=verdicts + scan.votes)
         # degraded: an engine that should have answered and did not (a size skip is not a failure)
         d.degraded = [v.engine for v in voting if v.status is Status.ERROR or v.detail == "circuit-open"]
         d.left_out = [
@@ -68,7 +90,7 @@ class Policy:
             for x in votes
             if not x.voting or not x.verdict.status.answered
         ]
-        d.reasons.extend(ctx.reasons)
+        d.reasons.extend(scan.reasons)
         av = [v for v in voting if v.category is Category.ANTIVIRUS]
         spam = [v for v in voting if v.category is Category.ANTISPAM]
 
@@ -82,15 +104,15 @@ class Policy:
                     "no antivirus engine answered: " + ", ".join(f"{v.engine}={v.label()}" for v in failed)
                 )
                 if p.on_engine_failure == "tempfail":
-                    return self._finish(d, Action.TEMPFAIL, "unchecked", TEMPFAIL_AV)
+                    return self._finish(d, Action.TEMPFAIL, "unchecked", replies.AV_UNAVAILABLE)
                 d.label = "unchecked"
             else:
                 d.label = "unchecked"
                 if any(v.status is Status.SKIPPED for v in av):  # not when cancelled: a stage decided first
                     d.reasons.append("too large for every antivirus engine: passed unscanned")
-        if ctx.reply is not None:
-            return self._finish(d, ctx.reply.action, d.label, ctx.reply)
-        return self._spam(d, spam, ctx)
+        if scan.reply is not None:
+            return self._finish(d, scan.reply.action, d.label, scan.reply)
+        return self._spam(d, spam, scan)
 
     def _virus(self, d: Decision, infected: list[Verdict]) -> Decision:
         names = ", ".join(dict.fromkeys(n for v in infected for n in (v.names or ("unknown",))))
@@ -98,9 +120,7 @@ class Policy:
         d.reasons.append(f"virus {names} found by {engines}")
         action = self.settings.on_virus
         if action == "reject":
-            return self._finish(
-                d, Action.REJECT, "virus", Reply.reject("554", "5.7.1", f"message contains a virus ({names})")
-            )
+            return self._finish(d, Action.REJECT, "virus", replies.virus(self.texts, names))
         if action == "quarantine":
             d.quarantine_reason = f"virus {names} found by {engines}"
             return self._finish(d, Action.QUARANTINE, "virus")
@@ -108,27 +128,27 @@ class Policy:
             return self._finish(d, Action.DISCARD, "virus")
         return self._finish(d, Action.TAG, "virus")
 
-    def _spam(self, d: Decision, spam: list[Verdict], ctx: ScanContext) -> Decision:
+    def _spam(self, d: Decision, spam: list[Verdict], scan: Scan) -> Decision:
         p = self.settings
         engine_votes = [v for v in spam if v.engine in self.engines]
         answered = [v for v in spam if v.status.answered]
-        if ctx.skip_spam:
+        if scan.skip_spam:
             d.reasons.append("access list OK: spam verdicts ignored")
-            return self._finish(d, Action.QUARANTINE if ctx.hold else Action.ACCEPT, d.label)
+            return self._finish(d, Action.QUARANTINE if scan.hold else Action.ACCEPT, d.label)
         if engine_votes and not any(v.status.answered for v in engine_votes):
             d.reasons.append("no antispam engine answered")
             if p.on_spam_engine_failure == "tempfail":
-                return self._finish(d, Action.TEMPFAIL, d.label, TEMPFAIL_SPAM)
+                return self._finish(d, Action.TEMPFAIL, d.label, replies.SPAM_UNAVAILABLE)
         is_spam, score = self.combine(answered)
         d.score = score
-        if ctx.spam_flag and not is_spam:
+        if scan.spam_flag and not is_spam:
             is_spam = True
             d.reasons.append("a stage flagged it as spam")
         if not is_spam:
             if answered:
                 d.reasons.append(f"not spam by {p.spam_combine} of {len(answered)} vote(s)")
-            if ctx.hold:
-                d.quarantine_reason = "; ".join(ctx.reasons) or "held by policy"
+            if scan.hold:
+                d.quarantine_reason = "; ".join(scan.reasons) or "held by policy"
                 return self._finish(d, Action.QUARANTINE, d.label)
             return self._finish(d, Action.ACCEPT, d.label)
         d.reasons.append(f"spam by {p.spam_combine} of {len(answered)} vote(s), score {score:.2f}")
@@ -137,8 +157,8 @@ class Policy:
             d.reasons.append(f"score {score:.2f} >= spam_reject_score {p.spam_reject_score:.2f}")
             action = "reject"
         if action == "reject":
-            return self._finish(d, Action.REJECT, "spam", Reply.reject("550", "5.7.1", "message classified as spam"))
-        if action == "quarantine" or ctx.hold:
+            return self._finish(d, Action.REJECT, "spam", replies.spam(self.texts))
+        if action == "quarantine" or scan.hold:
             d.quarantine_reason = f"spam score {score:.2f}"
             return self._finish(d, Action.QUARANTINE, "spam")
         return self._finish(d, Action.TAG, "spam")

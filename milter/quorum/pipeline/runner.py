@@ -1,13 +1,19 @@
-"""Runs one engine for one message: size limit, breaker, concurrency limit, timing, and every
-failure turned into an `error` verdict. Nothing raises out of `run`."""
+"""Runs one engine for one message: size limit, breaker, timing, and every failure turned into an
+`error` verdict. Nothing raises out of `run`.
+
+Each engine has its own bounded executor (its `concurrency` is its pool), so a slow engine queues
+only its own calls and cannot starve the others. A call that had not started by the time its
+fan-out ended is cancelled unstarted; a call cancelled by the pipeline (deadline or early exit)
+that started too late to have had a fair budget never counts against the breaker.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import socket
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from quorum import metrics
 from quorum.engines.base import Engine, EngineError, ScanCall
@@ -17,6 +23,9 @@ from quorum.verdict import Status, Verdict
 
 log = logging.getLogger("quorum.engines")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+# A call that started with less than this share of the budget it was submitted with (it queued
+# behind other calls of its engine) is not a fair trial: its timeout does not count as a failure.
+FAIR_SHARE = 0.5
 
 
 class EngineRunner:
@@ -25,24 +34,27 @@ class EngineRunner:
         s = engine.settings
         self.settings = s
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
-        self._slots = threading.BoundedSemaphore(s.concurrency)
+        self.executor = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix=f"quorum-{engine.name}")
 
     @property
     def name(self) -> str:
         return self.engine.name
 
-    def run(self, message: Message, call: ScanCall) -> Verdict:
+    def submit(self, message: Message, call: ScanCall) -> Future[Verdict]:
+        return self.executor.submit(self.run, message, call, call.remaining())
+
+    def run(self, message: Message, call: ScanCall, budget: float | None = None) -> Verdict:
         engine = self.engine
         if message.size > self.settings.max_size:
             return engine.verdict(Status.SKIPPED, detail="too-large")
         if message.truncated:
             return engine.verdict(Status.SKIPPED, detail="too-large")
+        if call.cancelled or call.remaining() <= 0:
+            return engine.verdict(Status.CANCELLED)  # its fan-out is over: not a trial of the engine
         if not self.breaker.allow():
             return engine.verdict(Status.SKIPPED, detail="circuit-open")
-        if not self._slots.acquire(timeout=call.remaining()):
-            self.breaker.release()
-            return engine.verdict(Status.ERROR, error="busy", detail="busy")
         start = time.monotonic()
+        fair = budget is None or call.remaining() >= FAIR_SHARE * budget
         try:
             verdict = engine.scan(message, call)
         except (TimeoutError, EngineError, OSError, ValueError) as exc:
@@ -50,9 +62,10 @@ class EngineRunner:
         except Exception as exc:  # noqa: BLE001 - an adapter bug must not reach the milter
             log.exception("engine %s raised", engine.name)
             verdict = engine.verdict(Status.ERROR, error=f"internal {type(exc).__name__}")
-        finally:
-            self._slots.release()
         verdict = verdict.with_(elapsed=time.monotonic() - start)
+        if call.cancelled and not fair and not verdict.status.answered:
+            self.breaker.release()  # started too late to have had a fair budget
+            return verdict.with_(status=Status.ERROR, error="timeout", detail=None)
         if call.cancelled and call.remaining() > 0:
             # Early exit: the answer was settled without this engine. Not its failure.
             self.breaker.release()
@@ -94,3 +107,7 @@ class EngineRunner:
             self.breaker.success()
         else:
             self.breaker.release()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()

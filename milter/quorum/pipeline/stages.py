@@ -1,17 +1,18 @@
-"""Stages: checks that act at SMTP time (access lists, DNSBL, rate limits) or add facts at
-end-of-data (SPF/DKIM/DMARC). A stage never talks to Postfix itself: it returns a `Reply`
-or writes to the `ScanContext`; the pipeline turns that into one answer.
+"""Stages: checks that act at SMTP time (access lists, DNSBL, rate limits) or examine the message
+at end-of-data (SPF/DKIM/DMARC, rules). A stage never talks to Postfix itself: a hook returns a
+`Reply` (or None), `examine` returns `Findings`; the pipeline turns them into one answer.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING
 
-from quorum.message import Envelope, Message
-from quorum.verdict import Verdict
+if TYPE_CHECKING:
+    from quorum.message import Message
+    from quorum.pipeline.transaction import Connection, Findings, Transaction
 
 
 class Action(StrEnum):
@@ -44,61 +45,6 @@ class Reply:
         return f"{self.code} {self.xcode} {self.text}".strip() if self.code else str(self.action)
 
 
-@dataclass
-class Session:
-    """One SMTP connection as seen by the stages. `envelope` is reset per transaction.
-
-    `state` is each stage's private per-transaction scratch space, keyed by stage name
-    (e.g. a rate-limit reservation to give back); `conn_state` lives for the connection.
-    """
-
-    envelope: Envelope = field(default_factory=Envelope)
-    state: dict[str, Any] = field(default_factory=dict)
-    conn_state: dict[str, Any] = field(default_factory=dict)
-
-    def new_transaction(self) -> None:
-        env = self.envelope
-        keep = {k: v for k, v in env.macros.items() if k in _CONNECTION_MACROS}
-        self.envelope = Envelope(env.client_ip, env.client_name, env.helo, macros=keep)
-        self.state = {}
-
-
-_CONNECTION_MACROS = {"j", "_", "{daemon_name}", "{daemon_addr}", "{client_addr}", "{client_name}", "v"}
-
-
-@dataclass
-class ScanContext:
-    """What stages add at end-of-data, next to the engines' verdicts.
-
-    - `votes`: extra antispam votes (e.g. a DNSBL `score` listing), weighted like engines.
-    - `skip_spam`: an access rule said OK: spam verdicts are ignored, virus scanning is not.
-    - `spam_flag`: treat as spam whatever the engines say (e.g. DMARC p=quarantine).
-    - `hold`: put the message in the hold queue (e.g. dmarc_quarantine_action = "hold").
-    - `reply`: a final answer (e.g. DMARC p=reject enforced); engines still scan for viruses
-      only if nothing decides before them, the first reply wins.
-    - `headers`: headers to add; `remove`: (name, predicate on the raw value) to delete first.
-    - `log`: key=value facts for the per-message log line and `quorum scan` output.
-    """
-
-    votes: list[Verdict] = field(default_factory=list)
-    skip_spam: bool = False
-    spam_flag: bool = False
-    hold: bool = False
-    reply: Reply | None = None
-    reasons: list[str] = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    remove: list[tuple[str, Any]] = field(default_factory=list)
-    log: dict[str, str] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def decide(self, reply: Reply, reason: str) -> None:
-        """Set the final answer unless an earlier stage already did."""
-        with self._lock:
-            if self.reply is None:
-                self.reply = reply
-                self.reasons.append(reason)
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What happened to the transaction, for stages that must undo work (quota give-back)."""
@@ -107,37 +53,47 @@ class Outcome:
     reply: Reply | None = None
 
 
+HeaderPredicate = Callable[[bytes], bool]
+
+
 class Stage:
-    """Base class: override only what the stage needs. Hooks run in the milter thread and must
-    be quick and never raise (the pipeline still guards them); `examine` runs in a worker
-    thread in parallel with the engines and must respect `deadline` (time.monotonic())."""
+    """Base class: override only what the stage needs.
+
+    Hooks run in the milter thread, must be quick and never raise (the pipeline still guards
+    them); they may record typed results on the transaction. `examine` runs in a worker thread
+    in parallel with the engines, must respect `deadline` (time.monotonic()) and must not write
+    to the transaction: it returns its `Findings`. `removals` are (header name, predicate on the
+    raw value) of inbound headers to delete, fixed when the stage is built, so they apply even
+    when `examine` never ran (deadline, early exit).
+    """
 
     name = "stage"
+    removals: tuple[tuple[str, HeaderPredicate], ...] = ()
 
-    def connect(self, session: Session) -> Reply | None:
+    def connect(self, conn: Connection) -> Reply | None:
         return None
 
-    def helo(self, session: Session) -> Reply | None:
+    def helo(self, conn: Connection) -> Reply | None:
         return None
 
-    def mail_from(self, session: Session) -> Reply | None:
+    def mail_from(self, txn: Transaction) -> Reply | None:
         return None
 
-    def rcpt(self, session: Session, recipient: str) -> Reply | None:
-        """Called before `recipient` is added to session.envelope.recipients."""
+    def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
+        """Called before `recipient` is added to txn.envelope.recipients."""
         return None
 
-    def data(self, session: Session) -> Reply | None:
+    def data(self, txn: Transaction) -> Reply | None:
         return None
 
-    def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
+    def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         return None
 
-    def finished(self, session: Session, outcome: Outcome) -> None:
-        """End of a transaction that reached end-of-data, after the decision."""
+    def finished(self, txn: Transaction, outcome: Outcome) -> None:
+        """End of a transaction that reached end-of-data, after its answer was settled."""
         return None
 
-    def aborted(self, session: Session) -> None:
+    def aborted(self, txn: Transaction) -> None:
         """The transaction ended without end-of-data (RSET, QUIT mid-way, lost connection, or an
         earlier reply refused it)."""
         return None

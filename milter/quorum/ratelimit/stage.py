@@ -2,41 +2,28 @@
 
 At DATA every recipient is known and no content has been transferred, so refusing there is
 cheap for both sides. The sender domain is counted only when it cannot be forged to burn
-someone else's quota: the session authenticated (SMTP AUTH) or SPF passed. The SPF result is
-read from what the auth stage stored earlier (`session.state["auth"]["spf"]`, or the same in
-`session.conn_state`); when it is absent (auth feature off, SPF not evaluated yet) SPF counts
-as not passed, and such mail is limited by client IP and recipient domain only.
+someone else's quota: the session authenticated (SMTP AUTH) or SPF passed. The SPF result is the
+one the auth stage recorded on the transaction at MAIL FROM (`txn.spf`, with spf_at = "mail");
+when it is absent (auth feature off, SPF not evaluated yet) SPF counts as not passed, and such
+mail is limited by client IP and recipient domain only.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
-from quorum.message import Message, printable
-from quorum.pipeline.stages import Action, Outcome, Reply, ScanContext, Session, Stage
+from quorum.message import Envelope, Message, printable
+from quorum.pipeline import replies
+from quorum.pipeline.stages import Action, Outcome, Reply, Stage
+from quorum.pipeline.transaction import Connection, Findings, Transaction
 from quorum.ratelimit.buckets import Planner
-from quorum.ratelimit.limiter import Decision, Limiter, Reservation
+from quorum.ratelimit.limiter import Decision, Limiter
 from quorum.ratelimit.settings import RateLimitSettings
 
 log = logging.getLogger("quorum.ratelimit")
 
 GIVE_BACK = (Action.REJECT, Action.TEMPFAIL, Action.DISCARD)
-
-
-def spf_passed(session: Session) -> bool:
-    """SPF result as stored by the auth stage: "pass", {"result": "pass"} or an object with `.result`."""
-    for scope in (session.state, session.conn_state):
-        auth = scope.get("auth")
-        spf: Any = auth.get("spf") if isinstance(auth, dict) else getattr(auth, "spf", None)
-        if isinstance(spf, dict):
-            spf = spf.get("result")
-        elif spf is not None and not isinstance(spf, str):
-            spf = getattr(spf, "result", None)
-        if isinstance(spf, str) and spf.strip().lower() == "pass":
-            return True
-    return False
 
 
 class RateLimitStage(Stage):
@@ -47,45 +34,43 @@ class RateLimitStage(Stage):
         self.planner = Planner(settings)
         self.limiter = limiter
 
-    def connect(self, session: Session) -> Reply | None:
+    def connect(self, conn: Connection) -> Reply | None:
         if not self.settings.check_at_connect:
             return None
-        decision = self.limiter.check(self.planner.connection(session.envelope.client_ip))
-        return None if decision.admitted else self._refuse(session, decision)
+        decision = self.limiter.check(self.planner.connection(conn.client_ip))
+        return None if decision.admitted else self._refuse(conn.envelope(), decision)
 
-    def data(self, session: Session) -> Reply | None:
-        env = session.envelope
-        charges = self.planner.message(env, sender_trusted=bool(env.auth_user) or spf_passed(session))
+    def data(self, txn: Transaction) -> Reply | None:
+        env = txn.envelope
+        charges = self.planner.message(env, sender_trusted=bool(env.auth_user) or txn.spf_passed())
         decision = self.limiter.reserve(charges)
         if not decision.admitted:
-            return self._refuse(session, decision)
-        if decision.reservation is not None:
-            session.state[self.name] = decision.reservation
+            return self._refuse(env, decision)
+        txn.reservation = decision.reservation
         return None
 
-    def examine(self, session: Session, message: Message, ctx: ScanContext, deadline: float) -> None:
-        reservation = session.state.get(self.name)
-        if isinstance(reservation, Reservation) and reservation.source == "local":
-            ctx.log["ratelimit"] = "local"  # counted in-process: Redis was unavailable
+    def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
+        if txn.reservation is not None and txn.reservation.source == "local":
+            return Findings(self.name, log={"ratelimit": "local"})  # counted in-process: Redis was unavailable
+        return None
 
-    def finished(self, session: Session, outcome: Outcome) -> None:
-        reservation = session.state.pop(self.name, None)
-        if isinstance(reservation, Reservation) and outcome.action in GIVE_BACK:
+    def finished(self, txn: Transaction, outcome: Outcome) -> None:
+        reservation, txn.reservation = txn.reservation, None
+        if reservation is not None and outcome.action in GIVE_BACK:
             self.limiter.release(reservation)
 
-    def aborted(self, session: Session) -> None:
-        reservation = session.state.pop(self.name, None)
-        if isinstance(reservation, Reservation):
+    def aborted(self, txn: Transaction) -> None:
+        reservation, txn.reservation = txn.reservation, None
+        if reservation is not None:
             self.limiter.release(reservation)
 
     def close(self) -> None:
         self.limiter.close()
 
-    def _refuse(self, session: Session, decision: Decision) -> Reply:
+    def _refuse(self, env: Envelope, decision: Decision) -> Reply:
         charge = decision.refused
         label = printable(charge.label) if charge else "this client"
         retry = max(1, math.ceil(decision.retry_after))
-        env = session.envelope
         log.info(
             "rate limit: refused qid=%s from=<%s> client=%s bucket=%s limit=%s retry=%ds source=%s",
             env.queue_id or "-",
@@ -96,4 +81,4 @@ class RateLimitStage(Stage):
             retry,
             decision.source,
         )
-        return Reply.tempfail("451", "4.7.1", f"rate limit exceeded for {label}; retry in {retry}s")
+        return replies.rate_limited(label, retry)

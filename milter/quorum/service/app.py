@@ -1,12 +1,11 @@
-"""Process-wide state of a running milter: the current pipeline (swapped on reload), the worker
-pool, and the count of SMTP sessions in flight (for a graceful stop)."""
+"""Process-wide state of a running milter: the current pipeline (swapped on reload) and the count
+of SMTP sessions in flight (for a graceful stop)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 from quorum import metrics
 from quorum.config import Config, ConfigError, load_config
@@ -18,8 +17,7 @@ log = logging.getLogger("quorum.service")
 class App:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-io")
-        self.pipeline = Pipeline(config, self.pool)
+        self.pipeline = Pipeline(config)
         self._lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition(self._lock)
@@ -66,7 +64,7 @@ class App:
             return False
         try:
             config = load_config(path)
-            pipeline = Pipeline(config, self.pool)
+            pipeline = Pipeline(config)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", "; ".join(exc.problems))
             return False
@@ -81,9 +79,8 @@ class App:
         log.info("reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none")
         # A transaction that began before the reload keeps using the old pipeline however long
         # the client takes: close its engines and stages when the last session lets go of it.
-        weakref.finalize(old, close_parts, old.runners, old.stages)
+        weakref.finalize(old, close_parts, old.runners, old.stages, old.stage_pool)
         return True
 
     def close(self) -> None:
         self.pipeline.close()
-        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -2,8 +2,14 @@
 
 Negotiation: no end-of-headers callback at all, no reply for header/body (Quorum never answers
 there); real replies for connect/helo/mail/rcpt/data, where stages (access lists, DNSBL, rate
-limits) may refuse.
-Values arrive as bytes (non-UTF-8 never raises) and headers keep their leading whitespace.
+limits) may refuse. Values arrive as bytes (non-UTF-8 never raises) and headers keep their
+leading whitespace.
+
+A `Transaction` (pipeline/transaction.py) is created at MAIL FROM and ended exactly once: at
+end-of-message after the edits were applied, or by RSET/QUIT/a refusal/a lost connection.
+Whatever the failure in a no-reply callback (a full disk while spooling, a header over the
+limits), the callback still returns CONTINUE and end-of-message answers for it at once: libmilter
+would otherwise drop the end-of-message and leave Postfix waiting for its content timeout.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ from typing import Any
 
 import Milter
 
+from quorum import metrics
 from quorum.message import BodySpool, Header, Message, crlf_value, text
-from quorum.pipeline.headers import sanitise_header, sanitise_reply
-from quorum.pipeline.pipeline import Pipeline
-from quorum.pipeline.stages import Action, Reply, Session
+from quorum.pipeline import replies
+from quorum.pipeline.headers import sanitise_reply
+from quorum.pipeline.output import Edits
+from quorum.pipeline.pipeline import Pipeline, Result, refused
+from quorum.pipeline.stages import Action, Reply
+from quorum.pipeline.transaction import Connection, Transaction
 from quorum.service.app import App
 
 log = logging.getLogger("quorum.milter")
@@ -27,8 +37,9 @@ _RETURN = {
     Action.TEMPFAIL: Milter.TEMPFAIL,
     Action.DISCARD: Milter.DISCARD,
 }
-_MAIL_MACROS = ("i", "{auth_type}", "{auth_authen}", "{auth_author}", "{mail_addr}")
 _CONNECT_MACROS = ("j", "{daemon_name}", "{daemon_addr}", "{client_addr}", "{client_name}", "_")
+_MAIL_MACROS = ("{auth_authen}",)
+_QUEUE_ID = ("i",)
 
 
 def strip_angle(addr: bytes) -> str:
@@ -38,17 +49,31 @@ def strip_angle(addr: bytes) -> str:
     return value
 
 
+class _Content:
+    """Headers and body of the message in transfer, with what went wrong while collecting them."""
+
+    def __init__(self) -> None:
+        self.headers: list[Header] = []
+        self.header_bytes = 0
+        self.spool: BodySpool | None = None
+        self.truncated = False
+        self.problem: tuple[Reply, str] | None = None  # answered at end-of-message
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
 @Milter.header_leading_space
 class QuorumMilter(Milter.Base):  # type: ignore[misc]
     app: App  # set by the server before libmilter starts
 
     def __init__(self) -> None:
-        self.session = Session()
+        self.conn = Connection()
         self.pipeline: Pipeline = self.app.pipeline
-        self.headers: list[Header] = []
-        self.spool: BodySpool | None = None
-        self.truncated = False
-        self.in_transaction = False
+        self.txn: Transaction | None = None
+        self.content = _Content()
         self.counted = False
 
     # -- negotiation -------------------------------------------------------------------------
@@ -61,91 +86,131 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
     # -- envelope ------------------------------------------------------------------------------
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         if self.app.draining:  # stopping: this client gets a 4xx, sessions in flight finish
-            return self._reply(Reply.tempfail("421", "4.3.2", "service shutting down, please try again later"))
+            return self._reply(replies.SHUTTING_DOWN)
         self.app.session_started()
         self.counted = True
-        env = self.session.envelope
-        self._macros(_CONNECT_MACROS)
+        self._macros(self.conn.macros, _CONNECT_MACROS)
         if isinstance(hostaddr, tuple) and hostaddr:
-            env.client_ip = str(hostaddr[0])
+            self.conn.client_ip = str(hostaddr[0])
         else:
-            env.client_ip = env.macros.get("{client_addr}", "")
-        env.client_name = hostname or env.macros.get("{client_name}", "")
+            self.conn.client_ip = self.conn.macros.get("{client_addr}", "")
+        self.conn.client_name = hostname or self.conn.macros.get("{client_name}", "")
         self.pipeline = self.app.pipeline
-        return self._reply(self.pipeline.hook("connect", self.session))
+        return self._reply(self.pipeline.hook("connect", self.conn))
 
     def hello(self, hostname: str) -> int:
-        self.session.envelope.helo = hostname or ""
-        return self._reply(self.pipeline.hook("helo", self.session))
+        self.conn.helo = hostname or ""
+        return self._reply(self.pipeline.hook("helo", self.conn))
 
     @Milter.decode("bytes")
     def envfrom(self, mailfrom: bytes, *params: bytes) -> int:
-        self._end_transaction(aborted=True)
+        self._end_transaction()
         self.pipeline = self.app.pipeline  # a reload applies from the next transaction on
-        self.session.new_transaction()
-        self.in_transaction = True
-        env = self.session.envelope
-        env.sender = strip_angle(mailfrom)
-        self._macros(_CONNECT_MACROS + _MAIL_MACROS)
-        return self._reply(self.pipeline.hook("mail_from", self.session))
+        txn = self.txn = self.pipeline.begin(self.conn, strip_angle(mailfrom))
+        self._macros(txn.envelope.macros, _MAIL_MACROS + _QUEUE_ID)
+        return self._reply(self.pipeline.hook("mail_from", txn))
 
     @Milter.decode("bytes")
     def envrcpt(self, rcpt: bytes, *params: bytes) -> int:
-        recipient = strip_angle(rcpt)
-        reply = self.pipeline.hook("rcpt", self.session, recipient)
-        if reply is None:
-            self.session.envelope.recipients.append(recipient)
-        return self._reply(reply)
+        if self.txn is None:  # RCPT without MAIL: not from Postfix; refuse rather than guess
+            return self._reply(replies.INTERNAL_ERROR)
+        return self._reply(self.pipeline.rcpt(self.txn, strip_angle(rcpt)))
 
     def data(self) -> int:
-        self._macros(("i",))
-        return self._reply(self.pipeline.hook("data", self.session))
+        if self.txn is None:
+            return self._reply(replies.INTERNAL_ERROR)
+        self._macros(self.txn.envelope.macros, _QUEUE_ID)
+        return self._reply(self.pipeline.hook("data", self.txn))
 
-    # -- content (no replies negotiated) -------------------------------------------------------
+    # -- content (no replies negotiated: always CONTINUE) --------------------------------------
     @Milter.noreply
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
-        self.headers.append(Header(name, crlf_value(value)))
+        c = self.content
+        if c.problem is not None:
+            return Milter.CONTINUE
+        raw = crlf_value(value)
+        c.header_bytes += len(name) + len(raw) + 3
+        m = self.pipeline.config.milter
+        if len(c.headers) >= m.max_headers or c.header_bytes > m.max_header_bytes:
+            metrics.LIMITS_HIT.labels("headers").inc()
+            c.problem = (replies.HEADERS_TOO_BIG, f"header over max_headers={m.max_headers} or max_header_bytes")
+            c.headers = []  # nothing more is kept: the message is refused at end-of-message
+            return Milter.CONTINUE
+        c.headers.append(Header(name, raw))
         return Milter.CONTINUE
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        spool = self._spool()
-        if spool.size + len(chunk) > self.pipeline.config.milter.max_message_size:
-            self.truncated = True
-            spool.size += len(chunk)  # keep counting, stop storing
-        else:
-            spool.write(chunk)
+        c = self.content
+        if c.problem is not None:
+            return Milter.CONTINUE
+        try:
+            spool = self._spool()
+            if spool.size + len(chunk) > self.pipeline.config.milter.max_message_size:
+                c.truncated = True
+                spool.size += len(chunk)  # keep counting, stop storing
+            else:
+                spool.write(chunk)
+        except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC: answer 451 at end-of-message, at once
+            log.error("cannot spool the message body (%s); it will get 451", exc)
+            c.problem = (replies.BODY_NOT_STORED, f"body not stored: {type(exc).__name__}: {exc}")
+            c.close()
         return Milter.CONTINUE
 
     def eom(self) -> int:
-        self._macros(("i",))
-        message = Message(self.session.envelope, self.headers, self._spool(), self.truncated)
+        txn = self.txn
+        c = self.content
+        if txn is None:
+            self._reset_content()
+            return self._reply(replies.INTERNAL_ERROR)
+        self._macros(txn.envelope.macros, _QUEUE_ID)
+        message = Message(txn.envelope, c.headers, c.spool or BodySpool(0), c.truncated)
         try:
-            result = self.pipeline.check(self.session, message, progress=self.progress)
-            decision = result.decision
-            if decision.action in _RETURN:
-                return self._reply(decision.reply or Reply(decision.action))
-            for name, index in result.remove:
-                self.chgheader(name, index, None)
-            for position, (name, value) in enumerate(result.add):
-                self.addheader(name, " " + sanitise_header(value), position)
-            if decision.action is Action.QUARANTINE:
-                self.quarantine(sanitise_reply(decision.quarantine_reason or "held by Quorum", double_percent=False))
-            return Milter.CONTINUE
+            result = self._decide(txn, message)
         except Exception:  # noqa: BLE001 - never lose mail: a failure here must be a 4xx
             log.exception("end-of-message handling failed; answering 451")
-            return self._reply(Reply.tempfail("451", "4.3.0", "internal error, please try again later"))
-        finally:
-            self.in_transaction = False
-            self._reset_content()
+            result = refused(replies.INTERNAL_ERROR, "unchecked", "internal error")
+        outcome, reply = result.edits.action, result.edits.reply
+        try:
+            rc = self._apply(result.edits)
+        except Exception:  # noqa: BLE001 - a half-applied edit is dropped by Postfix with the 4xx
+            log.exception("applying the header edits failed; answering 451")
+            outcome, reply = Action.TEMPFAIL, replies.INTERNAL_ERROR
+            result.notes.append("header edits failed: answered 451")
+            rc = self._reply(reply)
+        try:
+            self.pipeline.finish(txn, message, result, outcome, reply)
+        except Exception:  # noqa: BLE001
+            log.exception("finishing the transaction failed")
+        self.txn = None
+        self._reset_content()
+        return rc
+
+    def _apply(self, edits: Edits) -> int:
+        if edits.reply is not None:
+            return self._reply(edits.reply)
+        for name, index in edits.remove:
+            self.chgheader(name, index, None)
+        for position, (name, value) in enumerate(edits.add):
+            self.addheader(name, " " + value, position)
+        if edits.quarantine is not None:
+            self.quarantine(edits.quarantine)
+        return Milter.CONTINUE
+
+    def _decide(self, txn: Transaction, message: Message) -> Result:
+        problem = self.content.problem
+        if problem is not None:
+            reply, reason = problem
+            return refused(reply, "unchecked", reason)
+        return self.pipeline.check(txn, message, progress=self.progress)
 
     def abort(self) -> int:
-        self._end_transaction(aborted=True)
+        self._end_transaction()
         return Milter.CONTINUE
 
     def close(self) -> int:
-        self._end_transaction(aborted=True)
+        self._end_transaction()
         if self.counted:
             self.counted = False
             self.app.session_ended()
@@ -153,30 +218,27 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
 
     # -- helpers -------------------------------------------------------------------------------
     def _spool(self) -> BodySpool:
-        if self.spool is None:
+        c = self.content
+        if c.spool is None:
             m = self.pipeline.config.milter
-            self.spool = BodySpool(m.body_memory_limit, m.tmpdir)
-        return self.spool
+            c.spool = BodySpool(m.body_memory_limit, m.tmpdir)
+        return c.spool
 
     def _reset_content(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-        self.spool = None
-        self.headers = []
-        self.truncated = False
+        self.content.close()
+        self.content = _Content()
 
-    def _end_transaction(self, aborted: bool) -> None:
-        if self.in_transaction and aborted:
-            self.pipeline.notify("aborted", self.session)
-        self.in_transaction = False
+    def _end_transaction(self) -> None:
+        if self.txn is not None:
+            self.pipeline.abort(self.txn)
+            self.txn = None
         self._reset_content()
 
-    def _macros(self, names: tuple[str, ...]) -> None:
-        macros = self.session.envelope.macros
+    def _macros(self, into: dict[str, str], names: tuple[str, ...]) -> None:
         for name in names:
             value = self.getsymval(name)
             if value is not None:
-                macros[name] = value if isinstance(value, str) else text(value)
+                into[name] = value if isinstance(value, str) else text(value)
 
     def _reply(self, reply: Reply | None) -> int:
         if reply is None:

@@ -1,0 +1,168 @@
+"""The one owner of per-message state: a `Transaction`, created at MAIL FROM.
+
+A transaction carries the envelope, the effective policy (fixed by the first accepted recipient),
+and the typed results the SMTP-time hooks recorded. Hooks run in the milter thread and may set
+those typed fields; end-of-data checks run in worker threads and never write here: they *return*
+`Findings`, which the pipeline merges into one `Scan` in the milter thread. A check that outlives
+its fan-out (deadline, early exit) has its findings dropped and counted, so nothing a late task
+does can reach the next transaction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from quorum.message import Envelope
+from quorum.pipeline.stages import Action, Reply
+from quorum.verdict import Verdict
+
+if TYPE_CHECKING:
+    from quorum.access.dnsbl import DnsblCheck
+    from quorum.auth.dkim import DkimResult
+    from quorum.auth.dmarc import DmarcResult
+    from quorum.auth.spf import SpfResult
+    from quorum.ratelimit.limiter import Reservation
+    from quorum.rules import RuleResult
+    from quorum.tenants import EffectivePolicy
+
+_IDS = itertools.count(1)
+_PREFIX = f"{os.getpid():x}"
+
+CONNECTION_MACROS = frozenset({"j", "_", "{daemon_name}", "{daemon_addr}", "{client_addr}", "{client_name}", "v"})
+
+
+@dataclass
+class Connection:
+    """One SMTP connection: client facts and per-connection caches of stages (by stage name)."""
+
+    client_ip: str = ""
+    client_name: str = ""
+    helo: str = ""
+    macros: dict[str, str] = field(default_factory=dict)
+    cache: dict[str, object] = field(default_factory=dict)
+
+    def envelope(self) -> Envelope:
+        keep = {k: v for k, v in self.macros.items() if k in CONNECTION_MACROS}
+        return Envelope(self.client_ip, self.client_name, self.helo, macros=keep)
+
+
+@dataclass(frozen=True)
+class AccessClass:
+    """A recipient's access-table result: "ok" (spam checks skipped) or "default", and the rule."""
+
+    name: str = "default"
+    source: str = ""
+
+
+@dataclass
+class Transaction:
+    """One message's life from MAIL FROM to its end (end-of-data, RSET, QUIT or a refusal)."""
+
+    connection: Connection
+    envelope: Envelope
+    id: str = field(default_factory=lambda: f"{_PREFIX}.{next(_IDS)}")
+    policy: EffectivePolicy | None = None
+    # Set by SMTP-time hooks in the milter thread:
+    spf: SpfResult | None = None  # SPF evaluated at MAIL FROM (auth.spf_at = "mail")
+    access: dict[str, AccessClass] = field(default_factory=dict)  # lower-cased recipient -> class
+    reservation: Reservation | None = None  # rate-limit reservation to give back if not sent
+    open: bool = True
+
+    def access_class(self, recipient: str | None = None) -> AccessClass:
+        """The access result of `recipient`, by default of the transaction (its first recipient)."""
+        if recipient is None:
+            if not self.envelope.recipients:
+                return AccessClass()
+            recipient = self.envelope.recipients[0]
+        return self.access.get(recipient.lower(), AccessClass())
+
+    def spf_passed(self) -> bool:
+        return self.spf is not None and self.spf.result == "pass"
+
+
+@dataclass(frozen=True)
+class AuthFindings:
+    spf: SpfResult | None = None
+    dkim: tuple[DkimResult, ...] | None = None
+    dmarc: DmarcResult | None = None
+
+
+@dataclass
+class Findings:
+    """What one stage's end-of-data check returns. The pipeline merges them in stage order.
+
+    - `votes`: extra antispam votes (a DNSBL `score` listing, DMARC p=quarantine), weighted like engines.
+    - `skip_spam`: an access rule said OK: spam verdicts are ignored, virus scanning is not.
+    - `spam_flag`: treat as spam whatever the engines say.  `hold`: put it in the hold queue.
+    - `reply` (+ `reply_reason`): a final answer (DMARC p=reject, a header rule); the first stage's wins.
+    - `headers`: headers to add.  `log`: key=value facts for the log line and `quorum scan`.
+    """
+
+    stage: str = ""
+    votes: list[Verdict] = field(default_factory=list)
+    skip_spam: bool = False
+    spam_flag: bool = False
+    hold: bool = False
+    reply: Reply | None = None
+    reply_reason: str = ""
+    reasons: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    log: dict[str, str] = field(default_factory=dict)
+    auth: AuthFindings | None = None
+    dnsbl: DnsblCheck | None = None
+    rules: RuleResult | None = None
+
+    def decide(self, reply: Reply, reason: str) -> None:
+        if self.reply is None:
+            self.reply, self.reply_reason = reply, reason
+
+
+@dataclass
+class Scan:
+    """Everything the stages found about one message, merged (read by the policy and the output)."""
+
+    votes: list[Verdict] = field(default_factory=list)
+    skip_spam: bool = False
+    spam_flag: bool = False
+    hold: bool = False
+    reply: Reply | None = None
+    reasons: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    log: dict[str, str] = field(default_factory=dict)
+    auth: AuthFindings | None = None
+    dnsbl: DnsblCheck | None = None
+    rules: RuleResult | None = None
+
+    @classmethod
+    def merge(cls, findings: Iterable[Findings]) -> Scan:
+        scan = cls()
+        for f in findings:
+            scan.votes.extend(f.votes)
+            scan.skip_spam |= f.skip_spam
+            scan.spam_flag |= f.spam_flag
+            scan.hold |= f.hold
+            if f.reply is not None and scan.reply is None:
+                scan.reply = f.reply
+                scan.reasons.append(f.reply_reason)
+            scan.reasons.extend(f.reasons)
+            scan.headers.extend(f.headers)
+            scan.log.update(f.log)
+            scan.auth = f.auth or scan.auth
+            scan.dnsbl = f.dnsbl or scan.dnsbl
+            scan.rules = f.rules or scan.rules
+        return scan
+
+    def decide(self, reply: Reply, reason: str) -> None:
+        """Set the final answer unless a stage already did."""
+        if self.reply is None:
+            self.reply = reply
+            self.reasons.append(reason)
+
+    @property
+    def final(self) -> bool:
+        """A stage already gave a final refusal (no engine can change the answer)."""
+        return self.reply is not None and self.reply.action in (Action.REJECT, Action.TEMPFAIL)
