@@ -83,12 +83,18 @@ class Header:
         return text(self.raw_value.replace(b"\r\n", b"").replace(b"\n", b"")).strip()
 
     def to_bytes(self) -> bytes:
-        return self.name.encode("ascii", "surrogateescape") + b":" + self.raw_value + b"\r\n"
+        # A name is ASCII per RFC 5322, but an SMTP client can send 8-bit bytes through Postfix:
+        # give them back as they came (surrogate escapes) or as UTF-8, never raise.
+        return self.name.encode("utf-8", "surrogateescape") + b":" + self.raw_value + b"\r\n"
 
 
 def crlf_value(value: bytes) -> bytes:
     """libmilter hands folded values with bare LF: restore the CRLF the message had on the wire."""
     return value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class SpoolClosed(OSError):
+    """The body was released: a reader came after its transaction ended."""
 
 
 class BodySpool:
@@ -106,6 +112,7 @@ class BodySpool:
         self._path: Path | None = None
         self.size = 0
         self._lock = threading.Lock()
+        self._closed = False
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -125,23 +132,28 @@ class BodySpool:
         return self._path is not None
 
     def reader(self) -> BinaryIO:
-        if self._file is not None:
-            with self._lock:
+        """A fresh reader. After `close()` (an engine call that outlived its transaction) this
+        raises `SpoolClosed`, an OSError every engine path already turns into an error verdict."""
+        with self._lock:
+            if self._closed:
+                raise SpoolClosed("message body already released (its transaction ended)")
+            if self._file is not None:
                 self._file.flush()
-            assert self._path is not None
-            return open(self._path, "rb")
-        return io.BytesIO(bytes(self._buffer))
+                assert self._path is not None
+                return open(self._path, "rb")  # the open fd keeps the data even once unlinked
+            return io.BytesIO(bytes(self._buffer))
 
     def close(self) -> None:
-        if self._file is not None:
+        with self._lock:
+            self._closed = True
+            file, path, self._file, self._path = self._file, self._path, None, None
+            self._buffer = bytearray()
+        if file is not None:
             try:
-                self._file.close()
+                file.close()
             finally:
-                if self._path is not None:
-                    self._path.unlink(missing_ok=True)
-                self._file = None
-                self._path = None
-        self._buffer = bytearray()
+                if path is not None:
+                    path.unlink(missing_ok=True)
 
 
 class _ChainReader(io.RawIOBase):

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -367,3 +367,94 @@ def test_concurrency_limit(pool: ThreadPoolExecutor) -> None:
     assert statuses == ["cancelled"] * 2 + ["clean"] * 4
     assert r.breaker.state is BreakerState.CLOSED
     assert r.breaker.state is BreakerState.CLOSED  # our own queueing is not the engine's failure
+
+
+# --- transactions never share state with tasks that outlived them (issue 9, defects 1, 7, 8, 9) ------
+
+
+def test_a_late_stage_result_is_dropped_and_counted_not_written_into_the_next_transaction(
+    pool: ThreadPoolExecutor,
+) -> None:
+    from quorum import metrics
+
+    release = threading.Event()
+
+    class LateAuth(Stage):
+        name = "auth"
+
+        def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
+            release.wait(5)
+            return Findings(self.name, log={"spf": f"pass-for-{txn.envelope.sender}"})
+
+    stage = LateAuth()
+    first = Transaction(Connection("192.0.2.1"), msg().envelope)
+    first.envelope.sender = "forged@first.test"
+    before = metrics.LATE_RESULTS._value.get()
+    _, _, scan = run(pool, [], seconds=0.2, stages=[stage], txn=first)
+    assert "spf" not in scan.log and scan.log["auth_timeout"] == "yes"
+    release.set()  # the late check finishes while the next transaction runs
+    second = Transaction(Connection("192.0.2.1"), msg().envelope)
+    second.envelope.sender = "honest@second.test"
+    _, _, scan2 = run(pool, [], seconds=2.0, stages=[stage], txn=second)
+    assert scan2.log["spf"] == "pass-for-honest@second.test"
+    deadline = time.monotonic() + 2
+    while metrics.LATE_RESULTS._value.get() == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert metrics.LATE_RESULTS._value.get() == before + 1
+
+
+def test_a_slow_engine_cannot_starve_or_trip_a_healthy_one(pool: ThreadPoolExecutor) -> None:
+    """Each engine queues on its own executor: with the slow engine's pool saturated by many
+    messages at once, the healthy engine still answers every message and keeps its circuit closed."""
+    slow = runner("slow", hang, concurrency=2, breaker_failures=100)
+    healthy = runner("healthy", answer(Status.CLEAN, 0.01), concurrency=4, breaker_failures=1)
+    with ThreadPoolExecutor(12) as callers:
+        results = list(callers.map(lambda _: run(pool, [slow, healthy], seconds=0.5)[0], range(12)))
+    assert all(by_name(v)["healthy"].status is Status.CLEAN for v in results)
+    assert healthy.breaker.state is BreakerState.CLOSED
+
+
+def test_no_busy_wait_without_a_progress_callback(pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 8: `quorum scan` has no progress callback; the wait must not spin."""
+    import quorum.pipeline.fanout as fanout_mod
+
+    calls = [0]
+    real_wait = fanout_mod.wait
+
+    def counting_wait(*args: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return real_wait(*args, **kw)
+
+    monkeypatch.setattr(fanout_mod, "wait", counting_wait)
+    run(pool, [runner("slow", answer(Status.CLEAN, 0.6))], progress_interval=0.05)
+    assert calls[0] <= 3
+
+
+def test_spool_readers_after_close_fail_cleanly() -> None:
+    """Defect 9: a reader that comes after the transaction released the body gets an OSError the
+    runner turns into an error verdict, never an AttributeError, and concurrent close is safe."""
+    from quorum.message import BodySpool, SpoolClosed
+
+    spool = BodySpool(memory_limit=10)
+    spool.write(b"x" * 100)  # on disk
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        for _ in range(200):
+            try:
+                with spool.reader() as f:
+                    f.read()
+            except SpoolClosed:
+                pass
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    spool.close()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with pytest.raises(OSError):
+        spool.reader()
