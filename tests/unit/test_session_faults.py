@@ -87,7 +87,7 @@ def transaction(m: Driven, rcpts: int = 1) -> None:
 def test_a_failed_body_write_answers_451_at_end_of_message_at_once(app: tuple[App, Recorder], tmp_path: Any) -> None:
     """Defect 2: an exception while spooling must not escape the no-reply body callback (libmilter
     would drop end-of-message and Postfix wait its content timeout); eom answers 451 at once."""
-    application, recorder = app
+    _, recorder = app
     m = Driven()
     transaction(m)
     m.header_bytes("Subject", b" hi")  # type: ignore[attr-defined]
