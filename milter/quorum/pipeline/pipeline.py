@@ -138,7 +138,8 @@ class Pipeline:
         result.outcome = outcome
         if txn.open:
             txn.open = False
-            self._notify("finished", txn, Outcome(outcome, reply))
+            d = result.decision
+            self._notify("finished", txn, Outcome(outcome, reply, d, result.scan, message.size, result.elapsed))
         self._log(txn, message, result, reply)
         d = result.decision
         metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed)

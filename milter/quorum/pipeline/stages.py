@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from quorum.message import Message
-    from quorum.pipeline.transaction import Connection, Findings, Transaction
+    from quorum.pipeline.policy import Decision
+    from quorum.pipeline.transaction import Connection, Findings, Scan, Transaction
 
 
 class Action(StrEnum):
@@ -47,10 +48,16 @@ class Reply:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to the transaction, for stages that must undo work (quota give-back)."""
+    """How the transaction ended: `action` is what Postfix was finally answered (a failed header
+    edit turns an accept into a tempfail). For stages that undo work (quota give-back) or report
+    (session records, notices): the decision, what the stages found, message size and time."""
 
     action: Action
     reply: Reply | None = None
+    decision: Decision | None = None
+    scan: Scan | None = None
+    size: int = 0
+    elapsed: float = 0.0
 
 
 HeaderPredicate = Callable[[bytes], bool]
