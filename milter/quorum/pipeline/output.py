@@ -14,7 +14,7 @@ from quorum.message import Message
 from quorum.pipeline.headers import headers_to_add, is_ours, sanitise_header, sanitise_reply
 from quorum.pipeline.policy import Decision
 from quorum.pipeline.stages import Action, HeaderPredicate, Reply
-from quorum.pipeline.transaction import Scan
+from quorum.pipeline.transaction import Scan, Transaction
 
 DELIVERED = (Action.ACCEPT, Action.TAG, Action.QUARANTINE)
 
@@ -26,20 +26,40 @@ class Edits:
     remove: tuple[tuple[str, int], ...] = ()  # (name, 1-based index among that name), highest first
     add: tuple[tuple[str, str], ...] = ()  # (name, sanitised value without the leading space)
     quarantine: str | None = None  # sanitised hold reason
+    sender: str | None = None  # new envelope sender (SMFIF_CHGFROM)
+    recipients: tuple[tuple[str, str], ...] = ()  # (as received, replacement): SMFIF_DELRCPT + SMFIF_ADDRCPT
 
     @property
     def delivers(self) -> bool:
         return self.action in DELIVERED
 
 
-def plan(decision: Decision, scan: Scan, message: Message, removals: Sequence[tuple[str, HeaderPredicate]]) -> Edits:
+def plan(
+    decision: Decision,
+    scan: Scan,
+    message: Message,
+    removals: Sequence[tuple[str, HeaderPredicate]],
+    txn: Transaction | None = None,
+) -> Edits:
     if decision.action not in DELIVERED:
         return Edits(decision.action, decision.reply or Reply(decision.action))
     add = tuple((name, sanitise_header(value)) for name, value in headers_to_add(decision, scan))
     quarantine = None
     if decision.action is Action.QUARANTINE:
         quarantine = sanitise_reply(decision.quarantine_reason or "held by Quorum", double_percent=False)
-    return Edits(decision.action, None, _removals(message, removals), add, quarantine)
+    sender, recipients = None, ()
+    if txn is not None:
+        sender = _address(txn.sender_rewrite) if txn.sender_rewrite else None
+        accepted = set(txn.envelope.recipients)
+        recipients = tuple(
+            (_address(old), _address(new)) for old, new in txn.recipient_rewrites.items() if old in accepted
+        )
+    return Edits(decision.action, None, _removals(message, removals), add, quarantine, sender, recipients)
+
+
+def _address(addr: str) -> str:
+    """An envelope address for libmilter: in angle brackets, no control characters."""
+    return "<" + sanitise_reply(addr.strip().strip("<>"), double_percent=False).replace(" ", "") + ">"
 
 
 def _removals(message: Message, removals: Sequence[tuple[str, HeaderPredicate]]) -> tuple[tuple[str, int], ...]:

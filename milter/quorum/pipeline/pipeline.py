@@ -122,7 +122,7 @@ class Pipeline:
             m.progress_interval,
         )
         decision = policy.decide(found.verdicts, found.scan)
-        return Result(decision, found.scan, output.plan(decision, found.scan, message, self.removals))
+        return Result(decision, found.scan, output.plan(decision, found.scan, message, self.removals, txn))
 
     def _oversize(self, message: Message) -> Decision | None:
         m = self.config.milter

@@ -70,6 +70,8 @@ class Transaction:
     spf: SpfResult | None = None  # SPF evaluated at MAIL FROM (auth.spf_at = "mail")
     access: dict[str, AccessClass] = field(default_factory=dict)  # lower-cased recipient -> class
     reservation: Reservation | None = None  # rate-limit reservation to give back if not sent
+    sender_rewrite: str | None = None  # new envelope sender (BATV signing), applied at end-of-message
+    recipient_rewrites: dict[str, str] = field(default_factory=dict)  # recipient as received -> replacement
     open: bool = True
 
     def access_class(self, recipient: str | None = None) -> AccessClass:

@@ -31,7 +31,15 @@ from quorum.service.app import App
 
 log = logging.getLogger("quorum.milter")
 
-ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
+ACTIONS = (
+    Milter.ADDHDRS
+    | Milter.CHGHDRS
+    | Milter.QUARANTINE
+    | Milter.SETSYMLIST
+    | Milter.CHGFROM
+    | Milter.ADDRCPT
+    | Milter.DELRCPT
+)
 _RETURN = {
     Action.REJECT: Milter.REJECT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
@@ -194,6 +202,11 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
             self.chgheader(name, index, None)
         for position, (name, value) in enumerate(edits.add):
             self.addheader(name, " " + value, position)
+        if edits.sender is not None:
+            self.chgfrom(edits.sender)
+        for old, new in edits.recipients:
+            self.delrcpt(old)
+            self.addrcpt(new)
         if edits.quarantine is not None:
             self.quarantine(edits.quarantine)
         return Milter.CONTINUE
