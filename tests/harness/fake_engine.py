@@ -9,9 +9,15 @@ Modes (one per server):
   http_hang     read the request, send HTTP 200 headers announcing a body that never comes
   slow          read the request, wait `delay` seconds, send `reply` (a canned answer), close
   reply         like slow with no delay: a scriptable engine for protocol tests
+  drip          read the request, send `reply` one byte every `delay` seconds (default 0.1)
+  reset_mid     read the request, send the first half of `reply`, then reset the connection
+  keepalive     answer every request on a connection with `reply` until the client closes (HTTP
+                keep-alive, clamd IDSESSION: `reply` may hold `{id}`, replaced by the request number)
 
 "Request" means: a head ending in a blank line plus `Content-Length` bytes (HTTP and spamd frame
-their requests the same way), or whatever arrived until the client half-closed.
+their requests the same way); a clamd `z` command up to its NUL (INSTREAM: up to the zero-length
+chunk; `zIDSESSION` is skipped, `zEND` ends the connection); or whatever arrived until the client
+half-closed.
 Every thread stops within a second of `stop()`; connections, requests and request heads are counted.
 """
 
@@ -24,7 +30,19 @@ import threading
 import time
 from typing import Any
 
-MODES = ("hang", "reset", "garbage", "oversize", "http_garbage", "http_hang", "slow", "reply")
+MODES = (
+    "hang",
+    "reset",
+    "garbage",
+    "oversize",
+    "http_garbage",
+    "http_hang",
+    "slow",
+    "reply",
+    "drip",
+    "reset_mid",
+    "keepalive",
+)
 POLL = 0.1
 
 
@@ -113,12 +131,19 @@ class FakeEngine:
         try:
             conn.settimeout(POLL)
             if self.mode == "reset":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                _reset(conn)
                 return
             if self.mode == "hang":
                 self._drain(conn)
                 return
-            if not self._read_request(conn):
+            buffer = bytearray()
+            if self.mode == "keepalive":
+                number = 0
+                while self._read_request(conn, buffer):
+                    number += 1
+                    conn.sendall(self.reply.replace(b"{id}", str(number).encode()))
+                return
+            if not self._read_request(conn, buffer):
                 return
             getattr(self, f"_answer_{self.mode}")(conn)
         except OSError:
@@ -141,16 +166,20 @@ class FakeEngine:
                 # the client half-closed: keep the connection open and silent until stop()
                 self._stop.wait()
 
-    def _read_request(self, conn: socket.socket) -> bool:
-        data = bytearray()
-        expected: int | None = None
+    def _read_request(self, conn: socket.socket, data: bytearray) -> bool:
+        """Read one request into `data` (left-over bytes stay there for the next one)."""
         deadline = time.monotonic() + 30
         while not self._stop.is_set() and time.monotonic() < deadline:
-            if expected is None and (end := data.find(b"\r\n\r\n")) >= 0:
-                head = bytes(data[:end])
-                expected = end + 4 + _content_length(head)
-            if expected is not None and len(data) >= expected:
-                break
+            framed = _framed_length(bytes(data))
+            if framed is not None and len(data) >= framed:
+                request = bytes(data[:framed])
+                del data[:framed]
+                if request == b"zIDSESSION\0":
+                    continue
+                if request == b"zEND\0":
+                    return False
+                self._record(request)
+                return True
             chunk = self._recv(conn)
             if chunk == b"":
                 break
@@ -158,12 +187,20 @@ class FakeEngine:
                 data += chunk
         if not data:
             return False
-        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        self._record(bytes(data))  # whatever arrived until the client half-closed
+        data.clear()
+        return True
+
+    def _record(self, request: bytes) -> None:
+        if request.startswith(b"z"):
+            command, _, rest = request.partition(b"\0")
+            head, body = command, _instream_payload(rest)
+        else:
+            head, _, body = request.partition(b"\r\n\r\n")
         with self._lock:
             self.requests += 1
             self.heads = [*self.heads[-99:], head]
             self.bodies = [*self.bodies[-9:], body[: 1 << 20]]
-        return True
 
     def _sleep(self, seconds: float) -> bool:
         return not self._stop.wait(seconds)
@@ -198,6 +235,57 @@ class FakeEngine:
 
     def _answer_reply(self, conn: socket.socket) -> None:
         conn.sendall(self.reply)
+
+    def _answer_drip(self, conn: socket.socket) -> None:
+        step = self.delay or 0.1
+        for i in range(len(self.reply)):
+            if not self._sleep(step):
+                return
+            conn.sendall(self.reply[i : i + 1])
+
+    def _answer_reset_mid(self, conn: socket.socket) -> None:
+        conn.sendall(self.reply[: max(1, len(self.reply) // 2)])
+        self._sleep(0.05)
+        _reset(conn)
+
+
+def _reset(conn: socket.socket) -> None:
+    """Make the coming close() send RST instead of FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _framed_length(data: bytes) -> int | None:
+    """Length of the first complete request in `data`, None while it is incomplete."""
+    if data.startswith(b"z"):
+        end = data.find(b"\0")
+        if end < 0:
+            return None
+        if data[:end] != b"zINSTREAM":
+            return end + 1
+        pos = end + 1
+        while len(data) >= pos + 4:
+            (size,) = struct.unpack("!L", data[pos : pos + 4])
+            pos += 4
+            if size == 0:
+                return pos
+            pos += size
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    return end + 4 + _content_length(data[:end])
+
+
+def _instream_payload(rest: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while len(rest) >= pos + 4:
+        (size,) = struct.unpack("!L", rest[pos : pos + 4])
+        if size == 0:
+            break
+        out += rest[pos + 4 : pos + 4 + size]
+        pos += 4 + size
+    return bytes(out)
 
 
 def _content_length(head: bytes) -> int:

@@ -6,6 +6,7 @@ import base64
 import email.utils
 import io
 import os
+import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -24,6 +25,14 @@ from tests.harness.ports import port_open
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.spamd import Spamd
+
+from quorum.config.model import EngineSettings
+from quorum.engines import EngineError, ScanCall, build_engine
+from quorum.engines.clamav import ClamAV
+from quorum.engines.rspamd import Rspamd as RspamdEngine
+from quorum.engines.rspamd import parse_reply as parse_rspamd_reply
+from quorum.message import Message
+from quorum.verdict import Status
 
 pytestmark = pytest.mark.integration
 
@@ -149,13 +158,57 @@ def test_clamd_random_marker_in_nested_zip(clamd_server: Clamd) -> None:
     assert clamd_server.scan(nested) == f"{name}.UNOFFICIAL"
 
 
-def test_clamd_python_client_tcp_and_unix(clamd_server: Clamd) -> None:
-    import clamd
+def _clamav(address: str, reuse: bool = False) -> ClamAV:
+    engine = build_engine(EngineSettings("av", "clamav", options={"address": address, "reuse": reuse}))
+    assert isinstance(engine, ClamAV)
+    return engine
 
-    tcp = clamd.ClamdNetworkSocket("127.0.0.1", clamd_server.port)
-    assert tcp.instream(io.BytesIO(EICAR)) == {"stream": ("FOUND", "Eicar-Test-Signature.UNOFFICIAL")}
-    unix = clamd.ClamdUnixSocket(str(clamd_server.socket_path))
-    assert unix.ping() == "PONG"
+
+def _scan_call() -> ScanCall:
+    return ScanCall(time.monotonic() + 10)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "idsession"])
+def test_clamav_adapter_tcp_and_unix(clamd_server: Clamd, reuse: bool) -> None:
+    for address in (clamd_server.address, str(clamd_server.socket_path)):
+        engine = _clamav(address, reuse)
+        try:
+            engine.ping(5)
+            for _ in range(3):  # with reuse: one IDSESSION connection, request ids 1, 2, 3
+                v = engine.scan(Message.from_bytes(message(EICAR.decode())), _scan_call())
+                assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature.UNOFFICIAL",))
+                assert engine.scan(Message.from_bytes(message(HAM_BODY)), _scan_call()).status is Status.CLEAN
+            assert engine.version(_scan_call()).startswith("ClamAV ")
+        finally:
+            engine.close()
+
+
+def test_clamav_adapter_stream_size_limit(clamd_server: Clamd) -> None:
+    """More than StreamMaxLength (25M): clamd stops reading and says so; the adapter names the fix."""
+    big = Message.from_bytes(message("x" * (26 << 20)), memory_limit=1 << 20)
+    try:
+        for reuse in (False, True):
+            engine = _clamav(clamd_server.address, reuse)
+            with pytest.raises(EngineError, match="StreamMaxLength"):
+                engine.scan(big, ScanCall(time.monotonic() + 30))
+            assert engine.scan(Message.from_bytes(message(HAM_BODY)), _scan_call()).status is Status.CLEAN
+            engine.close()
+    finally:
+        big.close()
+
+
+def test_clamav_adapter_session_survives_clamd_restart(tmp_path: Path) -> None:
+    """A pooled IDSESSION connection to a clamd that was restarted: the scan falls back to a fresh one."""
+    server = Clamd(tmp_path).start()
+    engine = _clamav(server.address, reuse=True)
+    try:
+        assert engine.scan(Message.from_bytes(message(HAM_BODY)), _scan_call()).status is Status.CLEAN
+        server.kill()
+        server.start()
+        assert engine.scan(Message.from_bytes(message(HAM_BODY)), _scan_call()).status is Status.CLEAN
+    finally:
+        engine.close()
+        server.stop()
 
 
 def test_clamd_extra_signatures_and_kill(tmp_path: Path) -> None:
@@ -205,6 +258,49 @@ def test_rspamd_throughput_not_stalled_on_dns(rspamd_server: Rspamd) -> None:
             assert rspamd_check(client, rspamd_server, message(f"{HAM_BODY} #{i}"))["action"] == "no action"
         elapsed = time.monotonic() - start
     assert count / elapsed > 20, f"{count / elapsed:.1f} msg/s"
+
+
+def test_rspamd_closes_every_connection(rspamd_server: Rspamd) -> None:
+    """Why the rspamd adapter cannot reuse connections with rspamd 3.4: it answers `Connection: close`
+    even to a keep-alive request, and a second request on the socket gets EOF."""
+    body = message(HAM_BODY)
+    request = (
+        b"POST /checkv2 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", rspamd_server.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head = reply.partition(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 200") and "connection: close" in head.split("\r\n")
+    engine = build_engine(
+        EngineSettings("rs", "rspamd", options={"url": rspamd_server.url, "password": None, "settings_id": None})
+    )
+    assert isinstance(engine, RspamdEngine)
+    try:
+        for _ in range(3):
+            assert engine.scan(Message.from_bytes(body), _scan_call()).status is Status.CLEAN
+        assert engine._pool.reused == 0
+    finally:
+        engine.close()
+
+
+def test_rspamd_skipped_reply_is_no_vote(rspamd_server: Rspamd) -> None:
+    """A message rspamd skips (here via its `Flags: skip` request header; in production via settings)
+    comes back as `is_skipped` with action `no action`: the adapter makes it a non-vote, not clean."""
+    resp = httpx.post(f"{rspamd_server.url}/checkv2", content=message(HAM_BODY), headers={"Flags": "skip"}, timeout=10)
+    reply = parse_rspamd_reply(resp.content)
+    assert reply.skipped and reply.action == "no action"
+    engine = build_engine(
+        EngineSettings("rs", "rspamd", options={"url": rspamd_server.url, "password": None, "settings_id": None})
+    )
+    assert isinstance(engine, RspamdEngine)
+    v = engine.verdict_from(reply)
+    assert (v.status, v.detail) == (Status.SKIPPED, "rspamd-skipped")
+    engine.close()
 
 
 def test_rspamd_kill(tmp_path: Path, dns_server: DnsServer) -> None:

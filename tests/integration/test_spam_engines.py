@@ -122,15 +122,20 @@ def test_rspamd_authenticated_and_non_ascii_envelope(rspamd: Engine) -> None:
     assert v.status is Status.CLEAN and "BROKEN_HEADERS" not in v.names, v
 
 
-def test_rspamd_threshold_override(rspamd_server: Rspamd) -> None:
-    engine = build_engine(
-        EngineSettings(
-            "rs", "rspamd", threshold=0.0, options={"url": rspamd_server.url, "password": None, "settings_id": None}
-        )
+def test_rspamd_threshold_is_left_to_the_policy(rspamd_server: Rspamd) -> None:
+    """The adapter reports rspamd's own judgement; `[engines.X] threshold` is applied by the policy."""
+    from quorum.config.model import PolicySettings
+    from quorum.pipeline.policy import Policy
+
+    settings = EngineSettings(
+        "rs", "rspamd", threshold=0.0, options={"url": rspamd_server.url, "password": None, "settings_id": None}
     )
+    engine = build_engine(settings)
     try:
         v = engine.scan(message(HAM_BODY), call())
-        assert v.threshold == 0.0 and (v.status is Status.SPAM) == (v.score is not None and v.score >= 0.0)
+        assert v.status is Status.CLEAN and v.threshold is not None and v.threshold > 0.0
+        judged = Policy(PolicySettings(), {"rs": settings}).judged(v)
+        assert judged.threshold == 0.0 and (judged.status is Status.SPAM) == (v.score is not None and v.score >= 0.0)
     finally:
         engine.close()
 

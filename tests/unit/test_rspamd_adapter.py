@@ -177,12 +177,50 @@ def test_soft_action_without_required_score_is_clean() -> None:
     assert v.status is Status.CLEAN and v.threshold is None and v.detail == "4.00 greylist"
 
 
-def test_threshold_override_decides_by_score_alone() -> None:
+def test_engine_threshold_setting_is_not_applied_in_the_adapter() -> None:
+    """`[engines.NAME] threshold` is the policy's: the adapter reports rspamd's own score and required score."""
     e = engine(threshold=5.0)
     v = e.verdict_from(reply("no action", 5.0))
-    assert (v.status, v.threshold, v.detail) == (Status.SPAM, 5.0, "5.00/5.00")
-    assert e.verdict_from(reply("reject", 4.9)).status is Status.CLEAN
-    assert v.normalised_score == 1.0
+    assert (v.status, v.score, v.threshold, v.detail) == (Status.CLEAN, 5.0, 15.0, "5.00/15.00")
+    assert e.verdict_from(reply("reject", 4.9)).status is Status.SPAM
+
+
+# --- defect 10: is_skipped and actions outside the known sets ---------------------------------
+
+SKIPPED_REPLY = b'{"is_skipped":true,"score":0.0,"required_score":15.0,"action":"no action","symbols":{},"messages":{}}'
+
+
+def test_is_skipped_is_no_vote() -> None:
+    """rspamd skipped the message (settings, a skipping prefilter): not a clean vote."""
+    v = engine().verdict_from(parse_reply(SKIPPED_REPLY))
+    assert v.status is Status.SKIPPED and not v.status.answered
+    assert v.detail == "rspamd-skipped" and v.extra["skipped"] == "true"
+    assert v.label() == "skipped(rspamd-skipped)"
+
+
+def test_is_skipped_with_a_spam_action_is_that_spam_verdict() -> None:
+    """GTUBE: a prefilter decided `reject` and skipped the rest: rspamd did say spam."""
+    v = engine().verdict_from(parse_reply(GTUBE_REPLY))
+    assert v.status is Status.SPAM and v.extra["skipped"] == "true"
+
+
+@pytest.mark.parametrize("action", ["discard", "quarantine"])
+def test_rspamd_spam_actions_outside_the_old_set_are_spam(action: str) -> None:
+    """rspamd's own discard/quarantine actions mean spam even below required_score (forced actions)."""
+    v = engine().verdict_from(reply(action, 3.0))
+    assert v.status is Status.SPAM and v.detail == "3.00/15.00"
+
+
+@pytest.mark.parametrize(("score", "status"), [(16.0, Status.SPAM), (15.0, Status.SPAM), (4.0, Status.CLEAN)])
+def test_custom_action_votes_by_score_against_required_score(score: float, status: Status) -> None:
+    v = engine().verdict_from(reply("Junk Folder", score))
+    assert v.status is status
+    assert v.detail == f"{score:.2f}/15.00 custom:junk folder" and v.extra["action"] == "junk folder"
+
+
+def test_custom_action_without_required_score_is_no_vote() -> None:
+    v = engine().verdict_from(reply("junk folder", 40.0, required=None))
+    assert (v.status, v.detail) == (Status.SKIPPED, "rspamd-unknown-action")
 
 
 def test_captured_add_header_reply() -> None:
@@ -405,3 +443,45 @@ def test_reply_cap_is_one_mebibyte() -> None:
     assert len(body) <= MAX_REPLY
     with FakeEngine("reply", reply=http_reply(body)) as fake:
         assert engine(fake.url).scan(message(), call()).status is Status.CLEAN
+
+
+# --- keep-alive (rspamd 3.4 itself answers `Connection: close`: see the module docstring) --------
+
+KEEPALIVE_REPLY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(HAM_REPLY) + HAM_REPLY
+)
+
+
+def test_keepalive_connection_is_reused() -> None:
+    with FakeEngine("keepalive", reply=KEEPALIVE_REPLY) as fake:
+        e = engine(fake.url)
+        statuses = [e.scan(message(), call()).status for _ in range(3)]
+        e.close()
+    assert statuses == [Status.CLEAN] * 3
+    assert (fake.connections, fake.requests) == (1, 3)
+
+
+def test_connection_close_is_not_reused() -> None:
+    with FakeEngine("reply", reply=http_reply(HAM_REPLY)) as fake:
+        e = engine(fake.url)
+        for _ in range(3):
+            assert e.scan(message(), call()).status is Status.CLEAN
+    assert (fake.connections, fake.requests) == (3, 3)
+
+
+def test_keepalive_connection_closed_by_the_server_is_retried_on_a_fresh_one() -> None:
+    """The server said keep-alive but closed the idle connection: the next scan still answers."""
+    with FakeEngine("reply", reply=KEEPALIVE_REPLY) as fake:
+        e = engine(fake.url)
+        assert e.scan(message(), call()).status is Status.CLEAN
+        time.sleep(0.2)  # the fake has closed its side by now
+        assert e.scan(message(), call()).status is Status.CLEAN
+    assert (fake.connections, fake.requests) == (2, 2)
+
+
+def test_https_handshake_is_bounded_by_the_deadline() -> None:
+    with FakeEngine("hang") as fake:
+        start = time.monotonic()
+        with pytest.raises(EngineError, match="timeout"):
+            engine(f"https://127.0.0.1:{fake.port}").scan(message(), call(0.5))
+    assert time.monotonic() - start < 2

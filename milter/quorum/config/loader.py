@@ -144,10 +144,8 @@ def parse_replies(t: Table, base: ReplyTexts | None = None) -> ReplyTexts:
         value = t.str(key, getattr(d, key))
         for found in re.findall(r"\{([^{}]*)\}", value):
             if found not in allowed:
-                t.problems.error(
-                    t.key(key),
-                    f"unknown placeholder {{{found}}}; allowed here: {', '.join('{' + a + '}' for a in allowed) or 'none'}",
-                )
+                names = ", ".join("{" + a + "}" for a in allowed) or "none"
+                t.problems.error(t.key(key), f"unknown placeholder {{{found}}}; allowed here: {names}")
         if not value.strip() or len(value) > 300:
             t.problems.error(t.key(key), "must be 1 to 300 characters of text")
         texts[key] = value

@@ -20,9 +20,9 @@ class EngineError(Exception):
 class ScanCall:
     """One scan request's budget and cancellation.
 
-    `remaining()` is what is left of min(engine timeout, pipeline deadline); sockets opened via
-    `connect()` get that timeout and are shut down when the pipeline cancels the call (early
-    exit or deadline), so a hung engine never holds a worker past the deadline.
+    `remaining()` is what is left of min(engine timeout, pipeline deadline). Sockets opened by
+    `quorum.engines.transport` are registered here and shut down when the pipeline cancels the
+    call (early exit or deadline), so a hung engine never holds a worker past the deadline.
     """
 
     def __init__(self, deadline: float) -> None:
@@ -49,28 +49,20 @@ class ScanCall:
                 pass
 
     def track(self, sock: socket.socket) -> socket.socket:
+        """Register a socket so `cancel()` shuts it down (at once if the call is already cancelled)."""
         with self._lock:
             self._sockets.append(sock)
         if self.cancelled:
             self.cancel()
         return sock
 
-    def connect(self, address: str) -> socket.socket:
-        """Open `host:port`, `[v6]:port` or a unix socket path with the call's timeout."""
-        timeout = self.remaining()
-        if timeout <= 0:
-            raise EngineError("timeout")
-        if address.startswith("/"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            self.track(sock)
-            sock.connect(address)
-        else:
-            host, port = split_host_port(address)
-            sock = socket.create_connection((host, port), timeout=timeout)
-            self.track(sock)
-        sock.settimeout(self.remaining() or 0.001)
-        return sock
+    def untrack(self, sock: socket.socket) -> bool:
+        """Hand a pooled socket back: False when `cancel()` got to it first (it is shut down)."""
+        with self._lock:
+            if sock in self._sockets:
+                self._sockets.remove(sock)
+                return True
+        return False
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -115,6 +107,10 @@ class Engine:
     def ping(self, timeout: float) -> None:
         """Raise EngineError unless the engine answers its health probe."""
         raise NotImplementedError
+
+    def version(self, call: ScanCall) -> str | None:
+        """The engine's signature/rules version (keys cached verdicts); None when the engine has none."""
+        return None
 
     def close(self) -> None:
         """Release pooled connections."""

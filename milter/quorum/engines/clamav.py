@@ -1,63 +1,35 @@
-"""ClamAV over clamd's INSTREAM protocol, via the `clamd` package.
+"""ClamAV over clamd's own protocol: `zINSTREAM`, `zPING`, `zVERSION`, on the shared transport.
 
-The package's socket handling is replaced by the pipeline's `ScanCall` (deadline-bound,
-cancellable) and its INSTREAM loop by one with 64 KiB chunks and `sendall` (the package sends
-1 KiB chunks with `send`, which can write short on a busy socket).
+INSTREAM framing: `zINSTREAM\\0`, then chunks of at most 64 KiB each behind a 4-byte big-endian
+length, then a zero length; clamd answers one NUL-terminated line: `stream: OK`,
+`stream: NAME FOUND`, `... ERROR` (e.g. `INSTREAM size limit exceeded. ERROR`).
+
+With `reuse = true` scans run on a small pool of `zIDSESSION` connections (replies are prefixed by
+the request id, `zEND` closes the session); any failure on a reused connection falls back to a
+fresh one within the same budget. Off by default: see bench/clamd_reuse.py for the measurement.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-import clamd
-
 from quorum.config.fields import Table
+from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall, validate_address
+from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
 
 CHUNK = 64 * 1024
-
-
-class _Client(clamd.ClamdNetworkSocket):  # type: ignore[misc]
-    def __init__(self, address: str, call: ScanCall) -> None:
-        super().__init__()
-        self._address = address
-        self._call = call
-
-    def _init_socket(self) -> None:
-        try:
-            self.clamd_socket = self._call.connect(self._address)
-        except OSError as exc:
-            raise clamd.ConnectionError(f"cannot connect to {self._address}: {exc.strerror or exc}") from exc
-
-    def scan_stream(self, message: Message) -> tuple[str, str | None]:
-        self._init_socket()
-        try:
-            self._send_command("INSTREAM")
-            try:
-                for chunk in message.chunks(CHUNK):
-                    self.clamd_socket.sendall(struct.pack("!L", len(chunk)) + chunk)
-                self.clamd_socket.sendall(struct.pack("!L", 0))
-            except BrokenPipeError:
-                pass  # clamd stopped reading (size limit): its reply says why
-            line = self._recv_response()
-        finally:
-            self._close_socket()
-        if not line:
-            raise EngineError("empty reply")
-        if "size limit exceeded" in line:
-            raise EngineError("clamd StreamMaxLength exceeded; raise it or lower this engine's max_size")
-        _name, reason, status = self._parse_response(line)
-        return status, reason
-
-    def _recv_response(self) -> str:
-        try:
-            with self.clamd_socket.makefile("rb") as f:
-                return str(f.readline(4096).decode("utf-8", "replace").strip())
-        except OSError as exc:
-            raise clamd.ConnectionError(f"read failed: {exc}") from exc
+MAX_REPLY = 4096  # one reply line; a virus name is < 200 bytes
+VERSION_TTL = 30.0  # how long a `VERSION` answer is reused (signature updates are hourly at best)
+SESSION_IDLE = 10.0  # pooled IDSESSION connections are dropped well before clamd's IdleTimeout (30 s)
+_TERMINATOR = struct.pack("!L", 0)
+_Sender = Callable[[Connection, bytes], None]  # writes one command (and its payload) on a connection
 
 
 class ClamAV(Engine):
@@ -66,33 +38,155 @@ class ClamAV(Engine):
 
     @classmethod
     def parse_options(cls, table: Table) -> dict[str, Any]:
-        return {"address": validate_address(table, "address", "127.0.0.1:3310")}
+        return {
+            "address": validate_address(table, "address", "127.0.0.1:3310"),
+            "reuse": table.bool("reuse", False),
+        }
+
+    def __init__(self, settings: EngineSettings) -> None:
+        super().__init__(settings)
+        self.address: str = self.options["address"]
+        self._pool: ConnectionPool | None = None
+        if self.options.get("reuse"):
+            self._pool = ConnectionPool(max(1, settings.concurrency), SESSION_IDLE, on_close=_end_session)
+        self._version: tuple[float, str] | None = None
+        self._version_lock = threading.Lock()
+
+    # --- Engine interface ---------------------------------------------------------------------
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
-        try:
-            status, reason = _Client(self.options["address"], call).scan_stream(message)
-        except clamd.ResponseError as exc:
-            raise EngineError(f"clamd error: {str(exc).strip()[:200]}") from exc
-        except clamd.ConnectionError as exc:
-            raise EngineError(str(exc)[:200]) from exc
-        if status == "FOUND":
-            return self.verdict(Status.INFECTED, names=(reason or "unknown",))
-        if status == "OK":
-            return self.verdict(Status.CLEAN)
-        raise EngineError(f"clamd: {reason or status}"[:200])
+        line = self._command(call, lambda conn, cmd: _send_stream(conn, cmd, message), b"INSTREAM")
+        status, name = parse_scan_reply(line)
+        if status is Status.INFECTED:
+            return self.verdict(Status.INFECTED, names=(name,))
+        return self.verdict(Status.CLEAN)
 
     def ping(self, timeout: float) -> None:
-        import time
-
-        call = ScanCall(time.monotonic() + timeout)
-        client = _Client(self.options["address"], call)
-        try:
-            client._init_socket()
-            client._send_command("PING")
-            reply = client._recv_response()
-        except (clamd.ConnectionError, OSError) as exc:
-            raise EngineError(str(exc)) from exc
-        finally:
-            client._close_socket() if hasattr(client, "clamd_socket") else None
+        reply = self._fresh(ScanCall(time.monotonic() + timeout), lambda conn, cmd: conn.send(cmd), b"PING")
         if reply != "PONG":
             raise EngineError(f"unexpected PING reply {reply[:50]!r}")
+
+    def version(self, call: ScanCall) -> str:
+        """clamd's `VERSION` (`ClamAV 1.0.7/27000/Mon Jan  6 09:30:00 2025`), reused for VERSION_TTL seconds.
+
+        The engine and signature versions key cached verdicts: a new signature database changes it.
+        """
+        now = time.monotonic()
+        cached = self._version
+        if cached is not None and now - cached[0] < VERSION_TTL:
+            return cached[1]
+        with self._version_lock:  # one VERSION request at a time, whoever waits reuses it
+            cached = self._version
+            if cached is not None and time.monotonic() - cached[0] < VERSION_TTL:
+                return cached[1]
+            reply = self._command(call, lambda conn, cmd: conn.send(cmd), b"VERSION")
+            if not reply.startswith("ClamAV ") or reply.endswith("ERROR"):
+                raise EngineError(f"unexpected VERSION reply {reply[:80]!r}")
+            self._version = (time.monotonic(), reply)
+            return reply
+
+    def forget_version(self) -> None:
+        """Drop the cached VERSION (after a known database reload)."""
+        self._version = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    # --- exchanges ----------------------------------------------------------------------------
+
+    def _command(self, call: ScanCall, send: _Sender, name: bytes) -> str:
+        if self._pool is None:
+            return self._fresh(call, send, name)
+        conn = self._pool.acquire(call)
+        if conn is not None:
+            try:
+                return self._in_session(conn, send, name)
+            except EngineError:
+                conn.close()
+                if call.cancelled or call.remaining() <= 0:
+                    raise
+                # a session clamd closed (IdleTimeout, restart) or broke: retry on a fresh one
+        conn = Connection.open(self.address, call, "clamd")
+        try:
+            conn.send(b"zIDSESSION\0")
+        except EngineError:
+            conn.close()
+            raise
+        conn.state["next_id"] = 1
+        return self._in_session(conn, send, name)
+
+    def _in_session(self, conn: Connection, send: _Sender, name: bytes) -> str:
+        """One command on an IDSESSION connection; the connection goes back to the pool only on success."""
+        assert self._pool is not None
+        request_id = conn.state["next_id"]
+        conn.state["next_id"] = request_id + 1
+        try:
+            send(conn, b"z" + name + b"\0")
+        except PeerClosed:
+            pass  # clamd stopped reading (size limit): its reply says why
+        except EngineError:
+            conn.close()
+            raise
+        try:
+            line = _read_reply(conn)
+        except EngineError:
+            conn.close()
+            raise
+        prefix = f"{request_id}: "
+        if not line.startswith(prefix):
+            conn.close()
+            raise EngineError(f"clamd session reply out of order: {line[:80]!r}")
+        line = line[len(prefix) :]
+        if line.endswith("ERROR"):
+            conn.close()  # clamd may end the session after an error: never reuse it
+        else:
+            self._pool.release(conn)
+        return line
+
+    def _fresh(self, call: ScanCall, send: _Sender, name: bytes) -> str:
+        with Connection.open(self.address, call, "clamd") as conn:
+            try:
+                send(conn, b"z" + name + b"\0")
+            except PeerClosed:
+                pass  # clamd stopped reading (size limit): its reply says why
+            return _read_reply(conn)
+
+
+def _send_stream(conn: Connection, command: bytes, message: Message) -> None:
+    """INSTREAM: the command, length-prefixed chunks, a zero length; small writes are coalesced."""
+    pending = bytearray(command)
+    for chunk in message.chunks(CHUNK):
+        pending += struct.pack("!L", len(chunk))
+        pending += chunk
+        if len(pending) >= CHUNK:
+            conn.send(bytes(pending))
+            pending.clear()
+    pending += _TERMINATOR
+    conn.send(bytes(pending))
+
+
+def _read_reply(conn: Connection) -> str:
+    raw = conn.read_until(b"\0", MAX_REPLY)[:-1]
+    return raw.decode("utf-8", "replace").strip()
+
+
+def _end_session(conn: Connection) -> None:
+    conn.send(b"zEND\0")
+
+
+def parse_scan_reply(line: str) -> tuple[Status, str]:
+    """(CLEAN, "") or (INFECTED, name) for an INSTREAM reply; EngineError for anything else."""
+    if line == "stream: OK":
+        return Status.CLEAN, ""
+    if line.startswith("stream: ") and line.endswith(" FOUND"):
+        name = line[len("stream: ") : -len(" FOUND")].strip()
+        if name and name.isprintable():
+            return Status.INFECTED, name[:200]
+    if "size limit exceeded" in line:
+        raise EngineError("clamd StreamMaxLength exceeded; raise it or lower this engine's max_size")
+    if line.endswith("ERROR"):
+        raise EngineError(f"clamd error: {line.removesuffix('ERROR').strip()[:200]}")
+    if not line:
+        raise EngineError("empty clamd reply")
+    raise EngineError(f"unexpected clamd reply {line[:80]!r}")

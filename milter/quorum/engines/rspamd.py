@@ -1,13 +1,14 @@
-"""rspamd over HTTP: `POST /checkv2` on the normal (scanner) worker, envelope in request headers.
+"""rspamd over HTTP/1.1: `POST /checkv2` on the normal (scanner) worker, envelope in request headers.
 
-One `httpx.Client` per engine instance (thread-safe, keep-alive pool sized by `concurrency`).
-rspamd 3.4's normal worker answers `Connection: close`, so in practice each scan opens a fresh
-loopback connection; the pool pays off with newer rspamd or a keep-alive proxy in front.
+HTTP framing is h11's (sans-I/O); the bytes go through `quorum.engines.transport`, so the whole
+exchange — connect, upload, response head and body — is bounded by the call's deadline and
+`ScanCall.cancel()` interrupts it at once (a server dripping its headers cannot stretch a scan).
 
-Deadline: every request gets `httpx.Timeout(call.remaining())` (connect, write, read and pool
-wait each bounded by what is left) and the upload/download loops check the deadline and the
-call's cancellation between chunks. A sync httpx request cannot be interrupted from another
-thread, so `ScanCall.cancel()` takes effect at the next chunk or when the timeout expires.
+Keep-alive follows the server: a connection whose response did not say `Connection: close` goes
+back to a small pool and the next scan reuses it (a failure on a reused connection is retried on a
+fresh one). rspamd 3.4's normal worker answers every request with `Connection: close` (checked
+against the real server: a second request on the socket gets EOF), so with it each scan opens a
+fresh loopback connection; the pool pays off with a keep-alive proxy or a server that keeps it.
 """
 
 from __future__ import annotations
@@ -16,24 +17,32 @@ import ipaddress
 import json
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import h11
 
 from quorum.config.fields import Table
 from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall
+from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
 from quorum.message import Envelope, Message
 from quorum.verdict import Category, Status, Verdict
 
 CHUNK = 64 * 1024
 MAX_REPLY = 1 << 20  # rspamd's JSON for one message is a few KiB; anything past 1 MiB is broken
+MAX_HEAD = 64 * 1024  # response status line + headers
 MAX_NAMES = 20
-SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject"})
+KEEPALIVE_IDLE = 30.0
+# rspamd's own actions (https://rspamd.com/doc/faq.html#what-are-rspamd-actions):
+SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject", "discard", "quarantine"})
 CLEAN_ACTIONS = frozenset({"no action"})
-# Everything else (soft reject, greylist, custom actions) is recorded in `detail` and votes by score.
+# Temporary actions: greylisting / rate limits also use them, so they are not a spam verdict by
+# themselves: they vote by score against required_score (clean without one).
+SCORE_ACTIONS = frozenset({"soft reject", "greylist"})
+# Any other name is a custom action (rspamd's `actions { NAME { score = ...; } }`) Quorum cannot
+# know the meaning of: it votes by score against required_score and shows as `custom:NAME`;
+# without required_score it is no vote at all (skipped, `rspamd-unknown-action`).
 
 
 class Rspamd(Engine):
@@ -65,121 +74,155 @@ class Rspamd(Engine):
 
     def __init__(self, settings: EngineSettings) -> None:
         super().__init__(settings)
-        headers = {"Accept-Encoding": "identity"}  # a compressed reply could defeat the size cap
+        parts = urlsplit(self.options["url"])
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._tls_host = host if parts.scheme == "https" else None
+        self._prefix = parts.path.rstrip("/")
+        self._headers: list[tuple[bytes, bytes]] = [
+            (b"Host", (parts.netloc.rpartition("@")[2] or host).encode("idna")),
+            (b"Accept-Encoding", b"identity"),  # a compressed reply could defeat the size cap
+        ]
         if self.options.get("password"):
-            headers["Password"] = self.options["password"]
+            self._headers.append((b"Password", self.options["password"].encode()))
         if self.options.get("settings_id"):
-            headers["Settings-ID"] = self.options["settings_id"]
-        size = max(1, settings.concurrency)
-        self._client = httpx.Client(
-            base_url=self.options["url"],
-            headers=headers,
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0),
-            timeout=httpx.Timeout(settings.timeout),
-            trust_env=False,  # never route loopback scans through an HTTP(S)_PROXY from the environment
-            follow_redirects=False,
-        )
+            self._headers.append((b"Settings-ID", self.options["settings_id"].encode()))
+        self._pool = ConnectionPool(max(1, settings.concurrency), KEEPALIVE_IDLE)
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
         headers = envelope_headers(message.envelope)
         headers.append((b"Content-Length", str(message.size).encode()))
-        status, body = self._request("POST", "/checkv2", call, content=_upload(message, call), headers=headers)
+        status, body = self._request("POST", "/checkv2", call, headers, message)
         if status != 200:
             raise EngineError(f"rspamd HTTP {status}: {_error_text(body)}")
         return self.verdict_from(parse_reply(body))
 
     def verdict_from(self, reply: RspamdReply) -> Verdict:
-        """Map rspamd's action to a status.
+        """rspamd's own verdict: its action, its score and its required score.
 
-        reject / add header / rewrite subject -> spam, no action -> clean; soft reject, greylist
-        and custom actions vote by score against required_score. With an engine `threshold`
-        configured, the score alone decides (spam iff score >= threshold) and rspamd's action is
-        only recorded.
+        Thresholds are the policy's business (`[engines.NAME] threshold`, weights): nothing here
+        overrides what rspamd said. See SPAM_ACTIONS / SCORE_ACTIONS above for the mapping.
+        `is_skipped` with a clean action means rspamd did not check the message (settings, a
+        skipping prefilter): no vote (`skipped(rspamd-skipped)`), never clean. With a spam
+        action (GTUBE: a prefilter decided, the rest was skipped) it is that spam verdict.
         """
-        override = self.settings.threshold
-        threshold = override if override is not None else reply.required_score
-        if override is not None:
-            spam = reply.score >= override
-        elif reply.action in SPAM_ACTIONS:
-            spam = True
-        elif reply.action in CLEAN_ACTIONS:
-            spam = False
-        else:
-            spam = threshold is not None and reply.score >= threshold
-        detail = f"{reply.score:.2f}/{threshold:.2f}" if threshold is not None else f"{reply.score:.2f}"
-        if reply.action not in SPAM_ACTIONS and reply.action not in CLEAN_ACTIONS:
-            detail += f" {reply.action}"
-        extra = {"action": reply.action}
+        required = reply.required_score
+        action = reply.action
+        extra = {"action": action}
         if reply.skipped:
             extra["skipped"] = "true"
         if reply.smtp_message:
             extra["smtp_message"] = reply.smtp_message[:200]
-        return self.verdict(
-            Status.SPAM if spam else Status.CLEAN,
-            names=reply.names,
-            score=reply.score,
-            threshold=threshold,
-            detail=detail,
-            extra=extra,
-        )
+        scored = f"{reply.score:.2f}/{required:.2f}" if required is not None else f"{reply.score:.2f}"
+        known = action in SPAM_ACTIONS or action in CLEAN_ACTIONS or action in SCORE_ACTIONS
+        shown = action if known else f"custom:{action[:40]}"
+        common: dict[str, Any] = {"names": reply.names, "score": reply.score, "threshold": required, "extra": extra}
+        if reply.skipped and action not in SPAM_ACTIONS:
+            return self.verdict(Status.SKIPPED, detail="rspamd-skipped", **common)
+        if action in SPAM_ACTIONS:
+            spam = True
+        elif action in CLEAN_ACTIONS:
+            spam = False
+        elif required is not None:
+            spam = reply.score >= required
+        elif action in SCORE_ACTIONS:
+            spam = False
+        else:
+            return self.verdict(Status.SKIPPED, detail="rspamd-unknown-action", **common)
+        detail = scored if action in SPAM_ACTIONS or action in CLEAN_ACTIONS else f"{scored} {shown}"
+        return self.verdict(Status.SPAM if spam else Status.CLEAN, detail=detail, **common)
 
     def ping(self, timeout: float) -> None:
-        status, body = self._request("GET", "/ping", ScanCall(time.monotonic() + timeout))
+        status, body = self._request("GET", "/ping", ScanCall(time.monotonic() + timeout), [], None)
         if status != 200 or body.strip() != b"pong":
             raise EngineError(f"unexpected /ping reply: HTTP {status} {body[:50]!r}")
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
     def _request(
-        self,
-        method: str,
-        path: str,
-        call: ScanCall,
-        content: Iterator[bytes] | None = None,
-        headers: list[tuple[bytes, bytes]] | None = None,
+        self, method: str, path: str, call: ScanCall, headers: list[tuple[bytes, bytes]], message: Message | None
     ) -> tuple[int, bytes]:
-        remaining = call.remaining()
-        if remaining <= 0 or call.cancelled:
-            raise EngineError("timeout" if remaining <= 0 else "cancelled")
+        conn = self._pool.acquire(call)
+        if conn is not None:
+            try:
+                return self._exchange(conn, method, path, headers, message)
+            except EngineError:
+                if conn.state.get("received") or call.cancelled or call.remaining() <= 0:
+                    raise
+                # not one byte back on a reused connection: the server closed it while idle, retry fresh
+        conn = Connection.open(self.address, call, "rspamd", tls_hostname=self._tls_host)
+        return self._exchange(conn, method, path, headers, message)
+
+    def _exchange(
+        self, conn: Connection, method: str, path: str, headers: list[tuple[bytes, bytes]], message: Message | None
+    ) -> tuple[int, bytes]:
+        """One request/response; the connection is pooled afterwards if both sides allow keep-alive."""
+        http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        conn.state["received"] = False
+        keep = False
         try:
-            with self._client.stream(
-                method, path, content=content, headers=headers, timeout=httpx.Timeout(remaining)
-            ) as response:
-                return response.status_code, _read_capped(response, call)
-        except httpx.TimeoutException as exc:
-            raise EngineError("timeout") from exc
-        except (httpx.HTTPError, httpx.StreamError, OSError, ValueError) as exc:
-            raise EngineError(f"{type(exc).__name__}: {exc}"[:200]) from exc
+            try:
+                target = (self._prefix + path).encode("ascii")
+                conn.send(http.send(h11.Request(method=method, target=target, headers=self._headers + headers)))
+                if message is not None:
+                    for chunk in message.chunks(CHUNK):
+                        conn.send(http.send(h11.Data(data=chunk)))
+                conn.send(http.send(h11.EndOfMessage()))
+            except PeerClosed:
+                pass  # the server answered early (error) and stopped reading: read its reply
+            status, body = _read_response(http, conn)
+            keep = http.our_state is h11.DONE and http.their_state is h11.DONE
+            if keep:
+                http.start_next_cycle()
+            return status, body
+        except (h11.LocalProtocolError, UnicodeError, ValueError) as exc:
+            raise EngineError(f"rspamd request: {exc}"[:200]) from exc
+        finally:
+            if keep:
+                self._pool.release(conn)
+            else:
+                conn.close()
 
 
-def _upload(message: Message, call: ScanCall) -> Iterator[bytes]:
-    for chunk in message.chunks(CHUNK):
-        _check(call)
-        yield chunk
+def _read_response(http: h11.Connection, conn: Connection) -> tuple[int, bytes]:
+    """(status, body) of one response, the head capped at MAX_HEAD and the body at MAX_REPLY."""
+    status = 0
+    body = bytearray()
+    while True:
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise EngineError(f"rspamd reply: bad HTTP ({str(exc)[:100]})") from exc
+        if event is h11.NEED_DATA:
+            data = conn.recv_some(CHUNK)
+            if data:
+                conn.state["received"] = True
+            elif not conn.state["received"]:
+                raise EngineError("rspamd closed the connection without a reply")
+            http.receive_data(data)
+        elif isinstance(event, h11.InformationalResponse):
+            continue
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            _check_head(event.headers)
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_REPLY:
+                raise EngineError(f"rspamd reply larger than {MAX_REPLY} bytes")
+        elif isinstance(event, h11.EndOfMessage):
+            return status, bytes(body)
+        else:  # ConnectionClosed (or PAUSED) before the end of the response
+            raise EngineError("rspamd closed the connection in the middle of a reply")
 
 
-def _check(call: ScanCall) -> None:
-    if call.cancelled:
-        raise EngineError("cancelled")
-    if call.remaining() <= 0:
-        raise EngineError("timeout")
-
-
-def _read_capped(response: httpx.Response, call: ScanCall) -> bytes:
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise EngineError(f"unexpected Content-Encoding {encoding[:20]!r}")
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_REPLY:
-        raise EngineError(f"reply too large ({declared} bytes)")
-    data = bytearray()
-    for chunk in response.iter_raw(CHUNK):
-        data += chunk
-        if len(data) > MAX_REPLY:
-            raise EngineError(f"reply larger than {MAX_REPLY} bytes")
-        _check(call)
-    return bytes(data)
+def _check_head(headers: Any) -> None:
+    for name, value in headers:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            raise EngineError(f"unexpected Content-Encoding {value[:20].decode('ascii', 'replace')!r}")
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_REPLY:
+            raise EngineError(f"rspamd reply too large ({int(value)} bytes)")
 
 
 def _error_text(body: bytes) -> str:

@@ -1,21 +1,20 @@
 """SpamAssassin over the spamd protocol (SPAMC/1.5 `SYMBOLS` or `REPORT`), one connection per scan.
 
 spamd answers only after it has read `Content-length` bytes; we half-close after sending so a
-spamd that waits for EOF answers too. Every socket operation gets what is left of the call's
-budget, so the whole exchange is bounded by the deadline, and `ScanCall.cancel()` shuts the
-socket down (the blocked call returns at once).
+spamd that waits for EOF answers too. spamd closes after each reply, so there is nothing to reuse.
+All I/O goes through `quorum.engines.transport` (bounded by the call's deadline, cancellable).
 """
 
 from __future__ import annotations
 
 import re
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from quorum.config.fields import Table
 from quorum.engines.base import Engine, EngineError, ScanCall, validate_address
+from quorum.engines.transport import Connection, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
 
@@ -77,21 +76,20 @@ class SpamAssassin(Engine):
         }
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
+        """spamd's own verdict: its score, its required score and its spam flag (the policy applies
+        any `[engines.NAME] threshold` and weights)."""
         command = self.options.get("command", "SYMBOLS")
         head = f"{command} SPAMC/1.5\r\nContent-length: {message.size}\r\n"
         if self.options.get("user"):
             head += f"User: {self.options['user']}\r\n"
         raw = self._exchange(call, (head + "\r\n").encode("ascii"), message)
         reply = parse_reply(raw, command)
-        override = self.settings.threshold
-        threshold = override if override is not None else reply.threshold
-        spam = reply.score >= override if override is not None else reply.spam
         return self.verdict(
-            Status.SPAM if spam else Status.CLEAN,
+            Status.SPAM if reply.spam else Status.CLEAN,
             names=reply.names,
             score=reply.score,
-            threshold=threshold,
-            detail=f"{reply.score:.2f}/{threshold:.2f}",
+            threshold=reply.threshold,
+            detail=f"{reply.score:.2f}/{reply.threshold:.2f}",
         )
 
     def ping(self, timeout: float) -> None:
@@ -102,53 +100,22 @@ class SpamAssassin(Engine):
             raise EngineError(f"unexpected PING reply {line[:60]!r}")
 
     def _exchange(self, call: ScanCall, head: bytes, message: Message | None) -> bytes:
-        address = self.options["address"]
-        try:
-            sock = call.connect(address)
-        except EngineError:
-            raise
-        except OSError as exc:
-            raise EngineError(f"cannot connect to {address}: {_reason(exc, call)}") from exc
-        try:
+        with Connection.open(self.options["address"], call, "spamd") as conn:
             try:
-                _send(sock, call, head)
+                conn.send(head)
                 if message is not None:
-                    for chunk in message.chunks(CHUNK):
-                        _send(sock, call, chunk)
-                sock.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
+                    conn.send_all(message.chunks(CHUNK))
+                conn.shutdown_write()
+            except PeerClosed:
                 pass  # spamd stopped reading (error reply or exit): read what it said, if anything
-            return _receive(sock, call)
-        except OSError as exc:
-            raise EngineError(f"spamd I/O: {_reason(exc, call)}") from exc
-        finally:
-            sock.close()
+            return _receive(conn)
 
 
-def _reason(exc: OSError, call: ScanCall) -> str:
-    if call.cancelled:
-        return "cancelled"
-    if isinstance(exc, TimeoutError) or call.remaining() <= 0:
-        return "timeout"
-    return str(exc.strerror or exc)[:120]
+def _receive(conn: Connection) -> bytes:
+    """Read until spamd closes or the announced Content-length arrived, at most MAX_REPLY bytes.
 
-
-def _budget(sock: socket.socket, call: ScanCall) -> None:
-    if call.cancelled:
-        raise EngineError("cancelled")
-    remaining = call.remaining()
-    if remaining <= 0:
-        raise EngineError("timeout")
-    sock.settimeout(remaining)
-
-
-def _send(sock: socket.socket, call: ScanCall, data: bytes) -> None:
-    _budget(sock, call)
-    sock.sendall(data)
-
-
-def _receive(sock: socket.socket, call: ScanCall) -> bytes:
-    """Read until spamd closes or the announced Content-length arrived, at most MAX_REPLY bytes."""
+    A status-only reply (`PONG`, an error) has no blank line and ends at EOF.
+    """
     data = bytearray()
     expected: int | None = None
     while True:
@@ -158,15 +125,12 @@ def _receive(sock: socket.socket, call: ScanCall) -> bytes:
                 expected = end + 4 + length
         if expected is not None and len(data) >= expected:
             break
-        _budget(sock, call)
-        chunk = sock.recv(CHUNK)
+        chunk = conn.recv_some(CHUNK)
         if not chunk:
             break
         data += chunk
         if len(data) > MAX_REPLY:
             raise EngineError(f"spamd reply larger than {MAX_REPLY} bytes")
-    if call.cancelled:
-        raise EngineError("cancelled")  # cancel() shut the socket down: recv saw EOF
     if not data:
         raise EngineError("spamd closed the connection without a reply")
     return bytes(data[:expected]) if expected is not None else bytes(data)

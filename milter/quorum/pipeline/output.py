@@ -47,7 +47,8 @@ def plan(
     quarantine = None
     if decision.action is Action.QUARANTINE:
         quarantine = sanitise_reply(decision.quarantine_reason or "held by Quorum", double_percent=False)
-    sender, recipients = None, ()
+    sender: str | None = None
+    recipients: tuple[tuple[str, str], ...] = ()
     if txn is not None:
         sender = _address(txn.sender_rewrite) if txn.sender_rewrite else None
         accepted = set(txn.envelope.recipients)

@@ -26,6 +26,7 @@ from quorum.pipeline.policy import Decision, Policy
 from quorum.pipeline.runner import EngineRunner
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
 from quorum.pipeline.transaction import Connection, Scan, Transaction
+from quorum.tenants import EffectivePolicy, TenantPolicies
 
 log = logging.getLogger("quorum.pipeline")
 msglog = logging.getLogger("quorum.message")
@@ -51,6 +52,8 @@ class Pipeline:
         self.stages: list[Stage] = [stage for feature in FEATURES for stage in feature.build(config)]
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
         self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
+        self.tenants = TenantPolicies(config)
+        self._policies: dict[str, Policy] = {}
 
     # -- SMTP-time hooks: first Reply wins; a failing stage is logged and skipped. -------------
     def hook(self, name: str, *args: object) -> Reply | None:
@@ -77,14 +80,43 @@ class Pipeline:
         return txn
 
     def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
-        """A recipient: the transaction limit, then the stages. Accepted ones join the envelope."""
+        """A recipient: the transaction limit, its tenant policy, then the stages. Accepted ones
+        join the envelope. The first accepted recipient fixes the transaction's policy; one whose
+        effective policy differs (by fingerprint, not by domain name) gets 452 4.5.3 and the
+        sending MTA delivers it in another transaction, so nothing is lost or scanned twice."""
         if len(txn.envelope.recipients) >= self.config.milter.max_recipients:
             metrics.LIMITS_HIT.labels("recipients").inc()
             return replies.TOO_MANY_RECIPIENTS
+        policy = self.tenants.policy_for(recipient)
+        first = txn.policy is None or not txn.envelope.recipients
+        if not first and txn.policy is not None and not txn.policy.same_policy(policy):
+            log.info(
+                "qid=%s recipient <%s> has another policy (%s) than the transaction (%s): 452 4.5.3",
+                txn.envelope.queue_id or "-",
+                printable(recipient),
+                policy.domain or "global",
+                txn.policy.domain or "global",
+            )
+            return replies.SEPARATE_TRANSACTION
+        if first:
+            txn.policy = policy  # visible to the stages' rcpt hooks (DNSBL on/off per domain)
         reply = self.hook("rcpt", txn, recipient)
         if reply is None:
             txn.envelope.recipients.append(recipient)
+        elif first:
+            txn.policy = None
         return reply
+
+    def policy_of(self, txn: Transaction) -> tuple[EffectivePolicy, Policy]:
+        """The transaction's effective policy and its decision rules (built once per fingerprint)."""
+        effective = txn.policy or self.tenants.global_policy
+        rules = self._policies.get(effective.fingerprint)
+        if rules is None:
+            rules = Policy(effective.policy, effective.engine_settings(self.config.engines), effective.replies)
+            if len(self._policies) > 10000:
+                self._policies.clear()
+            self._policies[effective.fingerprint] = rules
+        return effective, rules
 
     def abort(self, txn: Transaction) -> None:
         if txn.open:
@@ -109,10 +141,11 @@ class Pipeline:
             decision = self._oversize(message)
             if decision is not None:
                 return Result(decision, Scan(), output.plan(decision, Scan(), message, ()))
-        policy = self.policy
+        effective, policy = self.policy_of(txn)
+        runners = [] if effective.bypass else [r for r in self.runners if effective.uses_engine(r.name)]
         found = fan_out(
             self.stage_pool,
-            self.runners,
+            runners,
             self.stages,
             txn,
             message,
@@ -122,6 +155,11 @@ class Pipeline:
             m.progress_interval,
         )
         decision = policy.decide(found.verdicts, found.scan)
+        if effective.bypass and decision.action in output.DELIVERED:
+            decision.label = "unchecked"
+            decision.reasons.append(f"content scanning bypassed for {effective.domain or 'this domain'}")
+        if effective.domain:
+            found.scan.log["tenant"] = effective.domain
         return Result(decision, found.scan, output.plan(decision, found.scan, message, self.removals, txn))
 
     def _oversize(self, message: Message) -> Decision | None:
@@ -139,7 +177,8 @@ class Pipeline:
         if txn.open:
             txn.open = False
             d = result.decision
-            self._notify("finished", txn, Outcome(outcome, reply, d, result.scan, message.size, result.elapsed))
+            ended = Outcome(outcome, reply, d, result.scan, message.size, result.elapsed, message)
+            self._notify("finished", txn, ended)
         self._log(txn, message, result, reply)
         d = result.decision
         metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed)
@@ -173,7 +212,7 @@ class Pipeline:
             msglog.warning("qid=%s quarantined: %s", env.queue_id or "-", result.edits.quarantine)
 
     def close(self) -> None:
-        close_parts(self.runners, self.stages, self.stage_pool)
+        close_parts(self.runners, self.stages, self.stage_pool, self.tenants)
 
 
 def refused(reply: Reply, label: str, reason: str) -> Result:
@@ -182,8 +221,14 @@ def refused(reply: Reply, label: str, reason: str) -> Result:
     return Result(decision, Scan(), Edits(reply.action, reply))
 
 
-def close_parts(runners: list[EngineRunner], stages: list[Stage], stage_pool: ThreadPoolExecutor) -> None:
+def close_parts(
+    runners: list[EngineRunner], stages: list[Stage], stage_pool: ThreadPoolExecutor, tenants: TenantPolicies
+) -> None:
     """Release engines', stages' and pools' resources (also used on a replaced pipeline, see App.reload)."""
+    try:
+        tenants.close()
+    except Exception:  # noqa: BLE001
+        log.debug("closing the tenant store failed", exc_info=True)
     for runner in runners:
         try:
             runner.close()

@@ -135,7 +135,10 @@ class Policy:
         if scan.skip_spam:
             d.reasons.append("access list OK: spam verdicts ignored")
             return self._finish(d, Action.QUARANTINE if scan.hold else Action.ACCEPT, d.label)
-        if engine_votes and not any(v.status.answered for v in engine_votes):
+        # An engine that chose not to judge (rspamd `is_skipped`) is no failure; errors, open
+        # circuits and messages too large for every spam engine are.
+        unanswered = [v for v in engine_votes if not v.status.answered and not _own_choice(v)]
+        if unanswered and not any(v.status.answered for v in engine_votes):
             d.reasons.append("no antispam engine answered")
             if p.on_spam_engine_failure == "tempfail":
                 return self._finish(d, Action.TEMPFAIL, d.label, replies.SPAM_UNAVAILABLE)
@@ -188,6 +191,11 @@ class Policy:
     def _finish(d: Decision, action: Action, label: str, reply: Reply | None = None) -> Decision:
         d.action, d.label, d.reply = action, label, reply
         return d
+
+
+def _own_choice(v: Verdict) -> bool:
+    """The engine itself declined to judge (e.g. rspamd `is_skipped`): not a scanning failure."""
+    return v.status is Status.SKIPPED and v.detail not in ("too-large", "circuit-open")
 
 
 def _normalised(v: Verdict) -> float:

@@ -58,6 +58,7 @@ class Outcome:
     scan: Scan | None = None
     size: int = 0
     elapsed: float = 0.0
+    message: Message | None = None  # headers only are safe to keep: the body is released right after
 
 
 HeaderPredicate = Callable[[bytes], bool]

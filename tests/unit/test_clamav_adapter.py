@@ -1,0 +1,295 @@
+"""ClamAV adapter: INSTREAM framing, reply parsing, PING/VERSION, IDSESSION reuse, faults (fake clamd)."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from typing import Any
+
+import pytest
+from tests.harness.fake_engine import FakeEngine
+
+from quorum.config.fields import ConfigError
+from quorum.config.loader import parse_config
+from quorum.config.model import EngineSettings
+from quorum.engines import EngineError, ScanCall, build_engine
+from quorum.engines import clamav as clamav_module
+from quorum.engines.clamav import ClamAV, parse_scan_reply
+from quorum.message import Envelope, Message
+from quorum.verdict import Status
+
+MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello there.\r\n"
+VERSION = b"ClamAV 1.0.7/27000/Mon Jan  6 09:30:00 2025\0"
+
+
+def engine(address: str, reuse: bool = False, concurrency: int = 4) -> ClamAV:
+    e = build_engine(
+        EngineSettings("av", "clamav", concurrency=concurrency, options={"address": address, "reuse": reuse})
+    )
+    assert isinstance(e, ClamAV)
+    return e
+
+
+def message(raw: bytes = MESSAGE) -> Message:
+    return Message.from_bytes(raw, Envelope(sender="a@example.org", recipients=["b@example.com"]))
+
+
+def call(seconds: float = 5.0) -> ScanCall:
+    return ScanCall(time.monotonic() + seconds)
+
+
+# --- reply parsing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "name"),
+    [
+        ("stream: OK", Status.CLEAN, ""),
+        ("stream: Eicar-Test-Signature FOUND", Status.INFECTED, "Eicar-Test-Signature"),
+        ("stream: Win.Test.Name-1.UNOFFICIAL FOUND", Status.INFECTED, "Win.Test.Name-1.UNOFFICIAL"),
+    ],
+)
+def test_parse_scan_reply(line: str, status: Status, name: str) -> None:
+    assert parse_scan_reply(line) == (status, name)
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("INSTREAM size limit exceeded. ERROR", "StreamMaxLength"),
+        ("stream: Can't allocate memory ERROR", "clamd error: stream: Can't allocate memory"),
+        ("UNKNOWN COMMAND", "unexpected clamd reply"),
+        ("stream:  FOUND", "unexpected clamd reply"),
+        ("stream: \x01bad FOUND", "unexpected clamd reply"),
+        ("", "empty"),
+    ],
+)
+def test_bad_scan_replies(line: str, match: str) -> None:
+    with pytest.raises(EngineError, match=match):
+        parse_scan_reply(line)
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_reuse() -> None:
+    cfg = parse_config({"engines": {"av": {"type": "clamav"}, "av2": {"type": "clamav", "reuse": True}}})
+    assert cfg.engines[0].options == {"address": "127.0.0.1:3310", "reuse": False}
+    assert cfg.engines[1].options["reuse"] is True
+
+
+@pytest.mark.parametrize(("key", "value"), [("reuse", "yes"), ("address", "localhost")])
+def test_config_errors_name_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"engines": {"av": {"type": "clamav", key: value}}})
+    assert any(p.startswith(f"engines.av.{key}:") for p in info.value.problems), info.value.problems
+
+
+# --- INSTREAM against a fake clamd --------------------------------------------------------------
+
+
+def test_instream_framing_and_clean_reply() -> None:
+    with FakeEngine("reply", reply=b"stream: OK\0") as fake:
+        v = engine(fake.address).scan(message(), call())
+    assert v.status is Status.CLEAN
+    assert fake.heads == [b"zINSTREAM"] and fake.bodies == [message().raw()]
+
+
+def test_found_reply_names_the_signature() -> None:
+    with FakeEngine("reply", reply=b"stream: Eicar-Test-Signature FOUND\0") as fake:
+        v = engine(fake.address).scan(message(), call())
+    assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature",))
+
+
+class _Recorder:
+    """A one-shot clamd stand-in that records the raw INSTREAM bytes (to check the chunk framing)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.raw = bytearray()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(5)
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            conn.settimeout(5)
+            while not self.raw.endswith(b"\0\0\0\0"):
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    return
+                self.raw += chunk
+            conn.sendall(b"stream: OK\0")
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.server.close()
+
+
+def test_large_spooled_message_is_sent_in_64k_chunks() -> None:
+    raw = MESSAGE + b"x" * 300_000
+    m = Message.from_bytes(raw, Envelope(), memory_limit=1 << 16)
+    assert m.body.on_disk
+    recorder = _Recorder()
+    try:
+        assert engine(recorder.address).scan(m, call()).status is Status.CLEAN
+    finally:
+        recorder.close()
+        m.close()
+    data = bytes(recorder.raw)
+    assert data.startswith(b"zINSTREAM\0")
+    pos, sizes, payload = len(b"zINSTREAM\0"), [], bytearray()
+    while True:
+        (size,) = struct.unpack("!L", data[pos : pos + 4])
+        pos += 4
+        if size == 0:
+            break
+        sizes.append(size)
+        payload += data[pos : pos + size]
+        pos += size
+    assert pos == len(data) and bytes(payload) == Message.from_bytes(raw, Envelope()).raw()
+    assert max(sizes) == 64 * 1024 and len(sizes) == -(-len(payload) // (64 * 1024))
+
+
+def test_size_limit_reply_is_engine_error_even_when_clamd_stops_reading() -> None:
+    with FakeEngine("reply", reply=b"INSTREAM size limit exceeded. ERROR\0") as fake:
+        with pytest.raises(EngineError, match="StreamMaxLength"):
+            engine(fake.address).scan(message(MESSAGE + b"x" * 4_000_000), call(10))
+
+
+def test_unix_socket_address() -> None:
+    import socket
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/clamd.sock"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(1)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\0\0\0\0"):
+                    data += conn.recv(65536)
+                conn.sendall(b"stream: OK\0")
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        assert engine(path).scan(message(), call()).status is Status.CLEAN
+        t.join(5)
+        server.close()
+
+
+# --- PING / VERSION ---------------------------------------------------------------------------
+
+
+def test_ping() -> None:
+    with FakeEngine("reply", reply=b"PONG\0") as fake:
+        engine(fake.address).ping(2)
+        assert fake.heads == [b"zPING"]
+    with FakeEngine("reply", reply=b"PANG\0") as fake, pytest.raises(EngineError, match="PING"):
+        engine(fake.address).ping(2)
+    with FakeEngine("hang") as fake, pytest.raises(EngineError, match="timeout"):
+        engine(fake.address).ping(0.3)
+
+
+def test_version_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeEngine("reply", reply=VERSION) as fake:
+        e = engine(fake.address)
+        assert e.version(call()) == VERSION[:-1].decode()
+        assert e.version(call()) == VERSION[:-1].decode()
+        assert fake.requests == 1 and fake.heads == [b"zVERSION"]
+        monkeypatch.setattr(clamav_module, "VERSION_TTL", 0.0)
+        e.version(call())
+        assert fake.requests == 2
+        e.forget_version()
+
+
+@pytest.mark.parametrize("reply", [b"UNKNOWN COMMAND\0", b"\0", b"garbage"])
+def test_bad_version_reply(reply: bytes) -> None:
+    with FakeEngine("reply", reply=reply) as fake, pytest.raises(EngineError):
+        engine(fake.address).version(call(2))
+
+
+# --- IDSESSION reuse --------------------------------------------------------------------------
+
+
+def test_reuse_runs_scans_on_one_session() -> None:
+    with FakeEngine("keepalive", reply=b"{id}: stream: OK\0") as fake:
+        e = engine(fake.address, reuse=True)
+        statuses = [e.scan(message(), call()).status for _ in range(3)]
+        e.close()
+    assert statuses == [Status.CLEAN] * 3
+    assert fake.connections == 1 and fake.heads[:3] == [b"zINSTREAM"] * 3
+
+
+def test_reuse_falls_back_to_a_fresh_connection_when_clamd_closed_the_session() -> None:
+    with FakeEngine("reply", reply=b"1: stream: OK\0") as fake:  # answers one command, then closes
+        e = engine(fake.address, reuse=True)
+        assert e.scan(message(), call()).status is Status.CLEAN
+        time.sleep(0.2)
+        assert e.scan(message(), call()).status is Status.CLEAN
+        e.close()
+    assert fake.connections == 2
+
+
+def test_reuse_rejects_a_reply_with_the_wrong_id() -> None:
+    with FakeEngine("keepalive", reply=b"7: stream: OK\0") as fake, pytest.raises(EngineError, match="order"):
+        engine(fake.address, reuse=True).scan(message(), call())
+
+
+def test_reuse_error_reply_is_not_pooled() -> None:
+    with FakeEngine("keepalive", reply=b"{id}: INSTREAM size limit exceeded. ERROR\0") as fake:
+        e = engine(fake.address, reuse=True)
+        for _ in range(2):
+            with pytest.raises(EngineError, match="StreamMaxLength"):
+                e.scan(message(), call())
+    assert fake.connections == 2
+
+
+def test_reuse_concurrent_scans_share_the_pool() -> None:
+    with FakeEngine("keepalive", reply=b"{id}: stream: OK\0") as fake:
+        e = engine(fake.address, reuse=True, concurrency=3)
+        results: list[Status] = []
+
+        def worker() -> None:
+            for _ in range(5):
+                results.append(e.scan(message(), call()).status)
+
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        e.close()
+    assert results == [Status.CLEAN] * 15
+    assert fake.connections <= 3 and fake.requests == 15
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def test_cancel_from_another_thread_interrupts_a_hung_scan() -> None:
+    with FakeEngine("hang") as fake:
+        c = call(30)
+        threading.Timer(0.3, c.cancel).start()
+        start = time.monotonic()
+        with pytest.raises(EngineError, match="cancelled"):
+            engine(fake.address).scan(message(), c)
+    assert time.monotonic() - start < 2
+
+
+def test_connection_refused_and_spent_budget() -> None:
+    with FakeEngine("hang") as fake:
+        address = fake.address
+    with pytest.raises(EngineError, match="cannot connect"):
+        engine(address).scan(message(), call(2))
+    with pytest.raises(EngineError, match="timeout"):
+        engine(address).scan(message(), call(0))
