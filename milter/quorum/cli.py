@@ -10,7 +10,6 @@ import signal
 import socket
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def _cli_extensions() -> list[Any]:
     import importlib
 
     modules = []
-    for name in ("quorum.ratelimit.cli",):
+    for name in ("quorum.ratelimit.cli", "quorum.quarantine.cli", "quorum.tenants.cli"):
         try:
             modules.append(importlib.import_module(name))
         except ImportError:
@@ -110,7 +109,8 @@ def cmd_check_config(config: Config) -> int:
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     from quorum.message import Message
     from quorum.pipeline.pipeline import Pipeline
-    from quorum.pipeline.stages import Reply, Session
+    from quorum.pipeline.stages import Reply
+    from quorum.pipeline.transaction import Connection
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
@@ -118,36 +118,30 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
         return 2
-    with ThreadPoolExecutor(max_workers=config.milter.workers) as pool:
-        pipeline = Pipeline(config, pool)
-        session = Session()
-        env = session.envelope
-        env.client_ip, env.client_name, env.helo = args.client_ip, "", args.helo
-        env.macros["i"] = "SCAN"
-        if args.auth_user:
-            env.macros["{auth_authen}"] = args.auth_user
-        early: Reply | None = pipeline.hook("connect", session) or pipeline.hook("helo", session)
-        env.sender = args.sender
-        early = early or pipeline.hook("mail_from", session)
-        rcpt_replies: dict[str, str] = {}
-        for rcpt in args.rcpt:
-            reply = pipeline.hook("rcpt", session, rcpt)
-            if reply is None:
-                env.recipients.append(rcpt)
-            else:
-                rcpt_replies[rcpt] = str(reply)
-        early = early or pipeline.hook("data", session)
-        if early is not None:
-            pipeline.notify("aborted", session)
-            pipeline.close()
-            return _print_early(args, early, rcpt_replies)
-        message = Message.from_bytes(raw, env, config.milter.body_memory_limit)
-        try:
-            result = pipeline.check(session, message)
-            pipeline.notify("aborted", session)  # a dry run: give back any rate-limit reservation
-        finally:
-            message.close()
-            pipeline.close()
+    pipeline = Pipeline(config)
+    conn = Connection(args.client_ip, "", args.helo, macros={"i": "SCAN"})
+    txn = pipeline.begin(conn, args.sender)
+    if args.auth_user:
+        txn.envelope.macros["{auth_authen}"] = args.auth_user
+    early: Reply | None = pipeline.hook("connect", conn) or pipeline.hook("helo", conn)
+    early = early or pipeline.hook("mail_from", txn)
+    rcpt_replies: dict[str, str] = {}
+    for rcpt in args.rcpt:
+        reply = pipeline.rcpt(txn, rcpt)
+        if reply is not None:
+            rcpt_replies[rcpt] = str(reply)
+    early = early or pipeline.hook("data", txn)
+    if early is not None:
+        pipeline.abort(txn)
+        pipeline.close()
+        return _print_early(args, early, rcpt_replies)
+    message = Message.from_bytes(raw, txn.envelope, config.milter.body_memory_limit)
+    try:
+        result = pipeline.check(txn, message)
+        pipeline.abort(txn)  # a dry run: give back any rate-limit reservation
+    finally:
+        message.close()
+        pipeline.close()
     d = result.decision
     breakers = {r.name: str(r.breaker.state) for r in pipeline.runners}
     out: dict[str, Any] = {
@@ -174,11 +168,11 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
             }
             for v in d.verdicts
         ],
-        "headers_added": [f"{n}: {v}" for n, v in result.add],
-        "headers_removed": [f"{n}[{i}]" for n, i in result.remove],
+        "headers_added": [f"{n}: {v}" for n, v in result.edits.add],
+        "headers_removed": [f"{n}[{i}]" for n, i in result.edits.remove],
         "quarantine_reason": d.quarantine_reason,
         "recipients_refused": rcpt_replies,
-        "facts": result.ctx.log,
+        "facts": result.scan.log,
         "elapsed_ms": round(result.elapsed * 1000, 1),
     }
     if args.json:
@@ -197,7 +191,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
             print(f"  - {line}")
         for r in d.reasons:
             print(f"  why: {r}")
-        for k, v in result.ctx.log.items():
+        for k, v in result.scan.log.items():
             print(f"  {k}: {v}")
         for rcpt, refused in rcpt_replies.items():
             print(f"  rcpt {rcpt}: {refused}")

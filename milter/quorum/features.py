@@ -36,4 +36,8 @@ class Feature:
 FEATURES: tuple[Feature, ...] = (
     Feature("auth", "quorum.auth.feature"),
     Feature("ratelimit", "quorum.ratelimit.feature"),
+    Feature("quarantine", "quorum.quarantine.feature"),
+    Feature("tenants", "quorum.tenants.feature"),
+    Feature("backscatter", "quorum.backscatter.feature"),
+    Feature("notify", "quorum.notify.feature"),  # after ratelimit: [redis] problems are reported once
 )

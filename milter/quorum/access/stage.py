@@ -125,6 +125,8 @@ class DnsblStage(Stage):
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quorum-dnsbl")
 
     def _skip(self, txn: Transaction) -> bool:
+        if txn.policy is not None and not txn.policy.dnsbl:
+            return True  # `[domains."d"] dnsbl = false`
         return bool(trust_reason(txn.envelope, self.trusted_networks)) or not txn.envelope.client_ip
 
     def _pending(self, txn: Transaction) -> PendingCheck:

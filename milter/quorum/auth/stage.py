@@ -120,14 +120,15 @@ class AuthStage(Stage):
 
     def _enforce(self, txn: Transaction, ctx: Findings, dmarc: DmarcResult, trust: str) -> None:
         s = self.settings
-        if dmarc.result != "fail" or dmarc.testing or s.dmarc_enforce == "off":
+        enforce = txn.policy.dmarc_enforce if txn.policy is not None else s.dmarc_enforce
+        if dmarc.result != "fail" or dmarc.testing or enforce == "off":
             return
         if dmarc.policy not in ("quarantine", "reject"):
             return
         if trust or txn.access_class().name == OK:
             ctx.log["dmarc_action"] = f"none({trust or 'access ok'})"
             return
-        if dmarc.policy == "reject" and s.dmarc_enforce == "reject":
+        if dmarc.policy == "reject" and enforce == "reject":
             ctx.log["dmarc_action"] = "reject"
             texts = txn.policy.replies if txn.policy is not None else self.texts
             ctx.decide(replies.dmarc(texts, dmarc.header_from), f"dmarc=fail {dmarc.policy_tag}=reject")

@@ -79,7 +79,7 @@ class App:
         log.info("reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none")
         # A transaction that began before the reload keeps using the old pipeline however long
         # the client takes: close its engines and stages when the last session lets go of it.
-        weakref.finalize(old, close_parts, old.runners, old.stages, old.stage_pool)
+        weakref.finalize(old, close_parts, old.runners, old.stages, old.stage_pool, old.tenants)
         return True
 
     def close(self) -> None:

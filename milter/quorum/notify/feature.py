@@ -1,0 +1,38 @@
+"""`[notify]` as a feature: parsed and validated at config load; its stage submits notices at the
+end of each transaction and owns the notifier's life (closed with the pipeline, also on reload)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quorum.config.fields import Table
+from quorum.notify.cap import DailyCap
+from quorum.notify.notifier import Notifier
+from quorum.notify.settings import NotifySettings, parse_settings
+
+
+def parse(root: Table) -> NotifySettings | None:
+    return parse_settings(root)
+
+
+def build(config: Any, settings: NotifySettings) -> list[Any]:
+    from quorum.notify.stage import NotifyStage
+
+    return [NotifyStage(make_notifier(settings))]
+
+
+def make_cap(settings: NotifySettings) -> DailyCap:
+    factory = None
+    if settings.redis is not None:
+        redis_settings = settings.redis
+
+        def factory() -> Any:
+            from quorum.ratelimit.connect import connect
+
+            return connect(redis_settings).client  # type: ignore[attr-defined]
+
+    return DailyCap(settings.daily_cap, factory, settings.key_prefix, settings.redis_retry)
+
+
+def make_notifier(settings: NotifySettings, start: bool = True) -> Notifier:
+    return Notifier(settings, cap=make_cap(settings), start=start)
