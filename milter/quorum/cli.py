@@ -69,7 +69,7 @@ def _cli_extensions() -> list[Any]:
     import importlib
 
     modules = []
-    for name in ("quorum.ratelimit.cli", "quorum.quarantine.cli", "quorum.tenants.cli"):
+    for name in ("quorum.ratelimit.cli", "quorum.quarantine.cli", "quorum.tenants.cli", "quorum.records.cli"):
         try:
             modules.append(importlib.import_module(name))
         except ImportError:
@@ -136,6 +136,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         pipeline.close()
         return _print_early(args, early, rcpt_replies)
     message = Message.from_bytes(raw, txn.envelope, config.milter.body_memory_limit)
+    effective, _ = pipeline.policy_of(txn)
     try:
         result = pipeline.check(txn, message)
         pipeline.abort(txn)  # a dry run: give back any rate-limit reservation
@@ -173,6 +174,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         "quarantine_reason": d.quarantine_reason,
         "recipients_refused": rcpt_replies,
         "facts": result.scan.log,
+        "policy": _policy_summary(effective),
         "elapsed_ms": round(result.elapsed * 1000, 1),
     }
     if args.json:
@@ -180,6 +182,8 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     else:
         print(f"verdict: {d.label}" + (f" (score {d.score:.2f})" if d.label == "spam" and d.score is not None else ""))
         print(f"action:  {d.action}" + (f" -> {d.reply}" if d.reply else ""))
+        pol = out["policy"]
+        print(f"policy:  {pol['applied']} (fingerprint {pol['fingerprint']}; {pol['why']})")
         for e in out["engines"]:
             extra = f" [{e['mode']}]" if e["mode"] != "vote" else ""
             circuit = f" circuit={e['circuit']}" if e["circuit"] and e["circuit"] != "closed" else ""
@@ -196,6 +200,25 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         for rcpt, refused in rcpt_replies.items():
             print(f"  rcpt {rcpt}: {refused}")
     return 0
+
+
+def _policy_summary(effective: Any) -> dict[str, Any]:
+    """Which tenant policy applied to the transaction, and why (for `quorum scan`)."""
+    domain = effective.domain
+    why = (
+        f"the first recipient's domain matched [domains.{domain!r}] from {', '.join(effective.sources)}"
+        if domain
+        else "no [domains] entry matched the first recipient: the global policy"
+    )
+    return {
+        "applied": f"domain {domain}" if domain else "global",
+        "domain": domain,
+        "sources": list(effective.sources),
+        "fingerprint": effective.fingerprint[:12],
+        "engines": list(effective.engines) if effective.engines is not None else None,
+        "bypass": effective.bypass,
+        "why": why,
+    }
 
 
 def _print_early(args: argparse.Namespace, reply: Any, rcpt_replies: dict[str, str]) -> int:
