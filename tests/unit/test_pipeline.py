@@ -343,3 +343,44 @@ def test_verdict_value() -> None:
         RELEASE.set()
     assert verdict_value(result.decision) == "unchecked; degraded=av"
     assert headers_to_add(result.decision, result.scan)[0] == ("X-Quorum-Verdict", "unchecked; degraded=av")
+
+
+# --- cascade ---------------------------------------------------------------------------------------
+
+
+def cascade_run(pool: ThreadPoolExecutor, cheap: str, combine: str = "any") -> Result:
+    cfg = config(
+        {"cheap": {"type": "fake-spam", "behaviour": cheap}, "costly": {"type": "fake-spam", "behaviour": "spam"}},
+        policy={"cascade": True, "spam_combine": combine},
+    )
+    env = Envelope("192.0.2.1", "c.example", "c.example", "a@example.com", ["b@example.org"])
+    txn = Transaction(Connection(env.client_ip), env)
+    message = Message.from_bytes(b"Subject: hi\r\n\r\nhello\r\n", env)
+    pipeline = Pipeline(cfg)
+    pipeline.runners[0].cost, pipeline.runners[1].cost = 0.01, 0.3  # measured costs: "costly" goes last
+    try:
+        return pipeline.check(txn, message)
+    finally:
+        message.close()
+        pipeline.close()
+
+
+def test_cascade_skips_the_expensive_engine_when_it_cannot_change_the_answer(pool: ThreadPoolExecutor) -> None:
+    result = cascade_run(pool, cheap="spam")  # any: already spam, tagged either way
+    assert by_engine(result)["costly"].label() == "skipped(cascade)"
+    assert Fake.calls == ["cheap"]
+    assert result.decision.label == "spam" and result.decision.degraded == []
+    assert "costly=skipped(cascade)" in dict(result.edits.add)["X-Quorum-Engines"]
+
+
+def test_cascade_asks_the_expensive_engine_when_it_can(pool: ThreadPoolExecutor) -> None:
+    result = cascade_run(pool, cheap="ham")  # any: the costly engine alone could make it spam
+    assert Fake.calls == ["cheap", "costly"]
+    assert by_engine(result)["costly"].status is Status.SPAM and result.decision.label == "spam"
+
+
+def test_cascade_off_by_default_asks_everyone(pool: ThreadPoolExecutor) -> None:
+    cfg = config({"cheap": {"type": "fake-spam", "behaviour": "spam"}, "costly": {"type": "fake-spam"}})
+    assert not cfg.policy.cascade
+    result = run(pool, cfg)
+    assert sorted(Fake.calls) == ["cheap", "costly"] and "skipped" not in str(result.edits.add)

@@ -415,3 +415,72 @@ def test_a_long_engine_list_is_folded_not_cut() -> None:
     # a short list stays on one line
     d = decide(p, sp("rspamd", 1.0), failures[0])
     assert "\n" not in dict(headers_to_add(d, ScanContext()))["X-Quorum-Engines"]
+
+
+# --- cascade: an expensive engine is skipped only when it cannot change the decision ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    mode=st.sampled_from(["any", "all", "quorum", "weighted", "max"]),
+    quorum=st.integers(1, 3),
+    reject_score=st.one_of(st.none(), st.floats(0.5, 2.0)),
+    on_spam=st.sampled_from(["tag", "quarantine", "reject"]),
+    cheap=st.floats(-5.0, 20.0),
+    cheap_w=st.floats(0.1, 3.0),
+    exp=st.floats(-5.0, 20.0),
+    exp_w=st.floats(0.1, 3.0),
+    virus=st.booleans(),
+    dnsbl=st.one_of(st.none(), st.floats(0.0, 2.0)),
+)
+def test_cascade_skip_never_changes_the_decision(
+    mode: str,
+    quorum: int,
+    reject_score: float | None,
+    on_spam: str,
+    cheap: float,
+    cheap_w: float,
+    exp: float,
+    exp_w: float,
+    virus: bool,
+    dnsbl: float | None,
+) -> None:
+    """Whatever the expensive engine would have said: if `can_change` says it cannot change the
+    decision, the decision without it (skipped(cascade)) equals the full fan-out's."""
+    eng = engines("clamav", ("rspamd", {"weight": cheap_w}), ("spamassassin", {"weight": exp_w}))
+    p = policy(
+        eng, spam_combine=mode, spam_quorum=quorum, spam_reject_score=reject_score, on_spam=on_spam, on_virus="tag"
+    )
+    scan = ScanContext()
+    if dnsbl is not None:
+        scan.votes.append(
+            Verdict(
+                "dnsbl:x", Category.ANTISPAM, Status.SPAM if dnsbl >= 1 else Status.CLEAN, score=dnsbl, threshold=1.0
+            )
+        )
+    first = [av("clamav", Status.INFECTED if virus else Status.CLEAN, "V"), sp("rspamd", cheap, 5.0)]
+    if p.can_change(first, scan, [eng["spamassassin"]]):
+        return
+    skipped = Verdict("spamassassin", Category.ANTISPAM, Status.SKIPPED, detail="cascade")
+    full = p.decide([*first, sp("spamassassin", exp, 5.0)], scan)
+    cascaded = p.decide([*first, skipped], scan)
+    assert (cascaded.action, cascaded.label, cascaded.reply) == (full.action, full.label, full.reply)
+
+
+def test_cascade_margins_per_combine_mode() -> None:
+    eng = engines("clamav", "rspamd", "spamassassin")
+    unasked = [eng["spamassassin"]]
+    clean_low = [av("clamav"), sp("rspamd", -1.0, 5.0)]  # normalised -0.2
+    spam = [av("clamav"), sp("rspamd", 9.0, 5.0)]
+    assert policy(eng, spam_combine="any").can_change(clean_low, ScanContext(), unasked)  # SA alone could flag it
+    assert not policy(eng, spam_combine="any").can_change(spam, ScanContext(), unasked)  # already spam, tagged
+    assert policy(eng, spam_combine="any", spam_reject_score=1.5).can_change(spam, ScanContext(), unasked)
+    assert not policy(eng, spam_combine="weighted").can_change(clean_low, ScanContext(), unasked)  # (-0.2 + 2) / 2 < 1
+    assert not policy(eng, spam_combine="all").can_change(clean_low, ScanContext(), unasked)
+    assert policy(eng, spam_combine="max").can_change(clean_low, ScanContext(), unasked)
+    trusting = policy(eng, spam_combine="any", cascade_clean_below=0.3)
+    assert not trusting.can_change([av("clamav"), sp("rspamd", 1.0, 5.0)], ScanContext(), unasked)  # 0.2 < 0.3
+    assert trusting.can_change([av("clamav"), sp("rspamd", 2.0, 5.0)], ScanContext(), unasked)  # 0.4: ask

@@ -87,6 +87,7 @@ def _milter(t: Table) -> MilterSettings:
         max_headers=t.int("max_headers", d.max_headers, minimum=10),
         max_header_bytes=t.size("max_header_bytes", d.max_header_bytes, minimum=4096),
         user=t.opt_str("user"),
+        log_format=t.choice("log_format", d.log_format, ("text", "json")),
     )
     if settings.metrics_listen is not None and not re.match(r"^\[?[\w.:-]*\]?:\d{1,5}$", settings.metrics_listen):
         t.problems.error(
@@ -131,6 +132,8 @@ def _policy(t: Table) -> PolicySettings:
         spam_quorum=t.int("spam_quorum", d.spam_quorum, minimum=1),
         spam_reject_score=t.opt_float("spam_reject_score", minimum=0.0),
         on_spam_engine_failure=t.choice("on_spam_engine_failure", d.on_spam_engine_failure, model.FAILURE_ACTIONS),
+        cascade=t.bool("cascade", d.cascade),
+        cascade_clean_below=t.float("cascade_clean_below", d.cascade_clean_below, minimum=0.0, maximum=1.0),
     )
     t.reject_unknown()
     return settings

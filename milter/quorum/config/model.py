@@ -36,6 +36,7 @@ class MilterSettings:
     max_headers: int = 1000  # header fields per message; more -> 552 5.3.4
     max_header_bytes: int = 1 << 20  # total header size per message; more -> 552 5.3.4
     user: str | None = None  # started as root: bind, then drop to this user (service/privileges.py)
+    log_format: str = "text"  # "json": the per-message line is one JSON object (quorum.records.format)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class PolicySettings:
     spam_quorum: int = 1
     spam_reject_score: float | None = None
     on_spam_engine_failure: str = "accept"
+    cascade: bool = False  # cheap engines first; an expensive one only when it can change the answer
+    cascade_clean_below: float = 0.0  # trust cheap engines' clean verdict below this normalised score
 
 
 # The placeholders each refusal text may use (see quorum.pipeline.replies).

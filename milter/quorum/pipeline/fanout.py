@@ -27,6 +27,7 @@ from quorum.verdict import Status, Verdict
 log = logging.getLogger("quorum.pipeline")
 
 Settled = Callable[[list[Verdict], Scan], bool]
+CanChange = Callable[[list[Verdict], Scan, list[EngineRunner]], bool]
 
 
 @dataclass
@@ -45,21 +46,44 @@ def fan_out(
     settled: Settled,
     progress: Callable[[], None] | None = None,
     progress_interval: float = 10.0,
+    later: list[EngineRunner] | None = None,
+    can_change: CanChange | None = None,
 ) -> FanOut:
+    """`later` (cascade): engines asked only once the others and the stage checks have answered,
+    and only if `can_change` says their answer could still change the decision; else they are
+    `skipped(cascade)`. They start at once when needed."""
     start = time.monotonic()
     calls: dict[Future[Verdict], tuple[EngineRunner, ScanCall]] = {}
-    for runner in runners:
-        call = ScanCall(min(deadline, start + runner.settings.timeout))
-        calls[runner.submit(message, call)] = (runner, call)
+    later = [r for r in later or [] if r in runners]
+    first = [r for r in runners if r not in later]
+
+    def submit(batch: list[EngineRunner]) -> None:
+        now = time.monotonic()
+        for runner in batch:
+            call = ScanCall(min(deadline, now + runner.settings.timeout))
+            fut = runner.submit(message, call)
+            calls[fut] = (runner, call)
+            pending.add(fut)
+
     checks: dict[Future[Findings | None], Stage] = {
         stage_pool.submit(_examine, stage, txn, message, deadline): stage for stage in stages
     }
     done: dict[str, Verdict] = {}
     found: dict[str, Findings] = {}
-    pending: set[Future[Any]] = set(calls) | set(checks)
+    pending: set[Future[Any]] = set(checks)
+    submit(first)
+    waiting = bool(later)
     early_exit = False
     next_progress = start + progress_interval
-    while pending:
+    while pending or waiting:
+        if waiting and not pending:
+            waiting = False
+            if can_change is None or can_change(list(done.values()), _merge(stages, found), later):
+                submit(later)
+                continue
+            for runner in later:
+                done[runner.name] = runner.engine.verdict(Status.SKIPPED, detail="cascade")
+            break
         now = time.monotonic()
         if now >= deadline:
             break
@@ -80,13 +104,16 @@ def fan_out(
         fut.cancel()
         fut.add_done_callback(_count_late)
     verdicts = []
-    for _fut, (runner, call) in calls.items():
+    started = {runner.name: call for runner, call in calls.values()}
+    for runner in runners:
         if runner.name in done:
             verdicts.append(done[runner.name])
             continue
-        call.cancel()
+        call = started.get(runner.name)
+        if call is not None:
+            call.cancel()
         elapsed = time.monotonic() - start
-        if early_exit:
+        if early_exit or call is None:
             verdicts.append(runner.engine.verdict(Status.CANCELLED, elapsed=elapsed))
         else:
             verdicts.append(runner.engine.verdict(Status.ERROR, error="timeout", elapsed=elapsed))

@@ -27,6 +27,7 @@ from quorum.pipeline.runner import EngineRunner
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
 from quorum.pipeline.transaction import Connection, Scan, Transaction
 from quorum.tenants import EffectivePolicy, TenantPolicies
+from quorum.verdict import Category
 
 log = logging.getLogger("quorum.pipeline")
 msglog = logging.getLogger("quorum.message")
@@ -153,6 +154,8 @@ class Pipeline:
             policy.settled,
             progress,
             m.progress_interval,
+            later=expensive(runners) if policy.settings.cascade else None,
+            can_change=lambda v, scan, rs: policy.can_change(v, scan, [r.settings for r in rs]),
         )
         decision = policy.decide(found.verdicts, found.scan)
         if effective.bypass and decision.action in output.DELIVERED:
@@ -213,6 +216,16 @@ class Pipeline:
 
     def close(self) -> None:
         close_parts(self.runners, self.stages, self.stage_pool, self.tenants)
+
+
+def expensive(runners: list[EngineRunner], factor: float = 3.0) -> list[EngineRunner]:
+    """The cascade's second tier: antispam engines costing `factor` times the cheapest one or more
+    (measured per answered scan; SpamAssassin ~30x rspamd). Antivirus engines always go first."""
+    spam = sorted((r for r in runners if r.engine.category is Category.ANTISPAM), key=lambda r: r.cost)
+    if len(spam) < 2:
+        return []
+    cheapest = spam[0].cost
+    return [r for r in spam[1:] if r.cost >= factor * cheapest]
 
 
 def refused(reply: Reply, label: str, reason: str) -> Result:

@@ -166,6 +166,37 @@ class Policy:
             return self._finish(d, Action.QUARANTINE, "spam")
         return self._finish(d, Action.TAG, "spam")
 
+    def can_change(self, verdicts: list[Verdict], scan: Scan, unasked: list[EngineSettings]) -> bool:
+        """Cascade: could the `unasked` (expensive, antispam) engines still change the decision?
+
+        Exact bracket: each unasked engine is assumed at both ends of what it could say (clean at
+        normalised score -2, spam at +2, the clamp bounds); if the decision (action, label, reply)
+        is the same at both ends and every combination in between, asking it is pointless. The
+        combine modes are monotone in each vote, so the two ends bound everything between them.
+        The margin that follows, e.g. `weighted` with weights w (cheap) and u (unasked): skipped
+        while the cheap mean is below (w + u - 2u) / w, i.e. below 0 for equal weights.
+
+        `cascade_clean_below` (a deliberate trust, 0 disables it): when every cheap antispam
+        engine answered with a normalised score below it (rspamd far under its own threshold),
+        the unasked ones are taken to agree, i.e. bracketed at the cheap engines' top score.
+        """
+        names = [e.name for e in unasked if e.mode == "vote"]
+        if not names:
+            return False
+        answered = [self.judged(v) for v in verdicts if v.status.answered and v.category is Category.ANTISPAM]
+        trust = self.settings.cascade_clean_below
+        if trust > 0 and answered and all(_normalised(v) < trust for v in answered):
+            top = max(_normalised(v) for v in answered)
+            ends = [(Status.CLEAN, min(-2.0, top)), (Status.CLEAN, top)]
+        else:
+            ends = [(Status.CLEAN, -2.0), (Status.SPAM, 2.0)]
+        outcomes = set()
+        for status, n in ends:
+            assumed = [Verdict(name, Category.ANTISPAM, status, score=n, threshold=1.0) for name in names]
+            d = self.decide(verdicts + assumed, scan)
+            outcomes.add((d.action, d.label, d.reply))
+        return len(outcomes) > 1
+
     def combine(self, answered: list[Verdict]) -> tuple[bool, float]:
         """(is spam, combined normalised score) under `spam_combine`."""
         if not answered:

@@ -26,6 +26,8 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 # A call that started with less than this share of the budget it was submitted with (it queued
 # behind other calls of its engine) is not a fair trial: its timeout does not count as a failure.
 FAIR_SHARE = 0.5
+# What an answered scan costs until measured (seconds): the cascade orders engines by it.
+PRIOR_COST = {"clamav": 0.002, "rspamd": 0.01, "spamassassin": 0.3}
 
 
 class EngineRunner:
@@ -34,6 +36,7 @@ class EngineRunner:
         s = engine.settings
         self.settings = s
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
+        self.cost = PRIOR_COST.get(s.type, 0.05)  # seconds per answered scan, EWMA (cascade order)
         self.executor = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix=f"quorum-{engine.name}")
 
     @property
@@ -101,6 +104,7 @@ class EngineRunner:
                 )
                 metrics.CIRCUIT_OPEN.labels(self.name).set(1)
         elif verdict.status.answered:
+            self.cost = 0.9 * self.cost + 0.1 * verdict.elapsed
             if self.breaker.state is not BreakerState.CLOSED:
                 log.info("engine %s: answered again, circuit closed", self.name)
                 metrics.CIRCUIT_OPEN.labels(self.name).set(0)
