@@ -39,5 +39,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("quarantine", "quorum.quarantine.feature"),
     Feature("tenants", "quorum.tenants.feature"),
     Feature("backscatter", "quorum.backscatter.feature"),
+    Feature("verdict_cache", "quorum.verdictcache.feature"),
     Feature("notify", "quorum.notify.feature"),  # after ratelimit: [redis] problems are reported once
+    Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
+    Feature("records", "quorum.records.feature"),  # last: it records what the stages before it did
 )

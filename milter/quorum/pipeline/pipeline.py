@@ -28,6 +28,7 @@ from quorum.pipeline.stages import Action, Outcome, Reply, Stage
 from quorum.pipeline.transaction import Connection, Scan, Transaction
 from quorum.tenants import EffectivePolicy, TenantPolicies
 from quorum.verdict import Category
+from quorum.verdictcache.feature import make_cache
 
 log = logging.getLogger("quorum.pipeline")
 msglog = logging.getLogger("quorum.message")
@@ -48,7 +49,9 @@ class Result:
 class Pipeline:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.runners = [EngineRunner(build_engine(s)) for s in config.enabled_engines]
+        cache_settings = config.feature("verdict_cache")
+        self.cache = make_cache(cache_settings) if cache_settings is not None else None
+        self.runners = [EngineRunner(build_engine(s), self.cache) for s in config.enabled_engines]
         self.policy = Policy(config.policy, {s.name: s for s in config.engines}, config.replies)
         self.stages: list[Stage] = [stage for feature in FEATURES for stage in feature.build(config)]
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
@@ -216,6 +219,8 @@ class Pipeline:
 
     def close(self) -> None:
         close_parts(self.runners, self.stages, self.stage_pool, self.tenants)
+        if self.cache is not None:
+            self.cache.store.close()
 
 
 def expensive(runners: list[EngineRunner], factor: float = 3.0) -> list[EngineRunner]:

@@ -14,12 +14,16 @@ import re
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from quorum import metrics
 from quorum.engines.base import Engine, EngineError, ScanCall
 from quorum.message import Message
 from quorum.pipeline.breaker import BreakerState, CircuitBreaker
-from quorum.verdict import Status, Verdict
+from quorum.verdict import Category, Status, Verdict
+
+if TYPE_CHECKING:
+    from quorum.verdictcache.cached import CachedScan
 
 log = logging.getLogger("quorum.engines")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
@@ -31,8 +35,9 @@ PRIOR_COST = {"clamav": 0.002, "rspamd": 0.01, "spamassassin": 0.3}
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cache: CachedScan | None = None) -> None:
         self.engine = engine
+        self.cache = cache if engine.category is Category.ANTIVIRUS else None  # spam verdicts: never
         s = engine.settings
         self.settings = s
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
@@ -59,7 +64,7 @@ class EngineRunner:
         start = time.monotonic()
         fair = budget is None or call.remaining() >= FAIR_SHARE * budget
         try:
-            verdict = engine.scan(message, call)
+            verdict = self.cache.scan(engine, message, call) if self.cache else engine.scan(message, call)
         except (TimeoutError, EngineError, OSError, ValueError) as exc:
             verdict = engine.verdict(Status.ERROR, error=self._reason(exc, call))
         except Exception as exc:  # noqa: BLE001 - an adapter bug must not reach the milter

@@ -233,6 +233,11 @@ def _host_port(t: Table, name: str, default_port: int) -> tuple[tuple[str, int],
     return tuple(out)
 
 
+def parse_redis(t: Table) -> RedisSettings:
+    """`[redis]`: one table shared by every feature that keeps state in Redis."""
+    return _redis(t)
+
+
 def _redis(t: Table) -> RedisSettings:
     d = RedisSettings()
     url = t.str("url", d.url)

@@ -1,0 +1,1 @@
+"""Verdict cache for outbreaks: antivirus verdicts by content hash and signature version."""

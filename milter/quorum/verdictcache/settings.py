@@ -1,0 +1,34 @@
+"""`[verdict_cache]`: off by default; uses the shared `[redis]` table when present."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quorum.config.fields import Table
+from quorum.ratelimit.settings import RedisSettings, parse_redis
+
+
+@dataclass(frozen=True)
+class VerdictCacheSettings:
+    ttl: float = 3600.0
+    local_entries: int = 10000
+    key_prefix: str = "quorum:vc:"
+    max_parts: int = 100  # attachments looked at per message; more -> no caching for that message
+    redis: RedisSettings | None = None  # None: local LRU only (one process)
+
+
+def parse_settings(root: Table) -> VerdictCacheSettings | None:
+    if "verdict_cache" not in root.data:
+        return None
+    t = root.table("verdict_cache")
+    d = VerdictCacheSettings()
+    enabled = t.bool("enabled", True)
+    settings = VerdictCacheSettings(
+        ttl=t.duration("ttl", d.ttl, minimum=1.0),
+        local_entries=t.int("local_entries", d.local_entries, minimum=0, maximum=10_000_000),
+        key_prefix=t.str("key_prefix", d.key_prefix),
+        max_parts=t.int("max_parts", d.max_parts, minimum=1, maximum=10000),
+        redis=parse_redis(root.table("redis")) if "redis" in root.data else None,
+    )
+    t.reject_unknown()
+    return settings if enabled else None
