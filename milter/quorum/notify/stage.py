@@ -46,7 +46,7 @@ def facts_of(txn: Transaction, outcome: Outcome, message: Message) -> NoticeFact
     scan = outcome.scan
     auth = scan.auth if scan is not None else None
     first = {h.name.lower(): h.value for h in reversed(message.headers)}
-    rule = next((r.removeprefix("rule ").split(":")[0] for r in (d.reasons if d else []) if r.startswith("rule ")), "")
+    rule = next((r.removeprefix("rule ").split(" ")[0] for r in (d.reasons if d else []) if r.startswith("rule ")), "")
     return NoticeFacts(
         sender=env.sender,
         recipients=tuple(env.recipients),
