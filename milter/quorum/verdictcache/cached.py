@@ -42,11 +42,14 @@ def decode(engine: Engine, value: str) -> Verdict:
 
 
 class CachedScan:
-    def __init__(self, store: VerdictStore, max_parts: int) -> None:
+    def __init__(self, store: VerdictStore, max_parts: int, max_size: int = 10 * 1024 * 1024) -> None:
         self.store = store
         self.max_parts = max_parts
+        self.max_size = max_size
 
     def scan(self, engine: Engine, message: Message, call: ScanCall) -> Verdict:
+        if message.size > self.max_size or message.truncated:
+            return engine.scan(message, call)  # splitting it would hold it in memory: scan it whole
         version = engine.version(call)
         content = content_of(message, self.max_parts) if version else None
         if version is None or content is None:

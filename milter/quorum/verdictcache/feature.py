@@ -29,6 +29,5 @@ def make_cache(settings: VerdictCacheSettings) -> CachedScan:
             backend = connect(redis_settings)
             return getattr(backend, "client", backend)
 
-    return CachedScan(
-        VerdictStore(factory, settings.ttl, settings.local_entries, settings.key_prefix), settings.max_parts
-    )
+    store = VerdictStore(factory, settings.ttl, settings.local_entries, settings.key_prefix)
+    return CachedScan(store, settings.max_parts, settings.max_size)

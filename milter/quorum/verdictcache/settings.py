@@ -14,6 +14,7 @@ class VerdictCacheSettings:
     local_entries: int = 10000
     key_prefix: str = "quorum:vc:"
     max_parts: int = 100  # attachments looked at per message; more -> no caching for that message
+    max_size: int = 10 * 1024 * 1024  # larger messages are scanned as a whole, not split (memory stays bounded)
     redis: RedisSettings | None = None  # None: local LRU only (one process)
 
 
@@ -28,6 +29,7 @@ def parse_settings(root: Table) -> VerdictCacheSettings | None:
         local_entries=t.int("local_entries", d.local_entries, minimum=0, maximum=10_000_000),
         key_prefix=t.str("key_prefix", d.key_prefix),
         max_parts=t.int("max_parts", d.max_parts, minimum=1, maximum=10000),
+        max_size=t.size("max_size", d.max_size, minimum=1024),
         redis=parse_redis(root.table("redis")) if "redis" in root.data else None,
     )
     t.reject_unknown()
