@@ -166,7 +166,7 @@ def test_hung_engines_never_delay_mail_beyond_scan_deadline(
         ), verdict
     assert results[1][0].header("X-Spam-Flag") == "YES"  # GTUBE: rspamd still decides
     assert hang_spamd.connections >= 5 and hang_http.connections >= 5 and hang_clamd.connections >= 5
-    times = [float(m) for m in re.findall(r" time=(\d+)ms$", "\n".join(quorum.message_lines()), re.M)]
+    times = [float(m) for m in re.findall(r" time=(\d+)ms txn=", "\n".join(quorum.message_lines()), re.M)]
     assert len(times) == 5 and all(1900 <= t < 3000 for t in times), times
     no_traceback(quorum)
 

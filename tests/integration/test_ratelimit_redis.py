@@ -30,7 +30,8 @@ from tests.unit.test_ratelimit_gcra import Clock, Spec, replay, scenarios
 from quorum.cli import main as quorum_main
 from quorum.config import parse_config
 from quorum.message import Envelope
-from quorum.pipeline.stages import Action, Outcome, Session
+from quorum.pipeline.stages import Action, Outcome
+from quorum.pipeline.transaction import Connection, Transaction
 from quorum.ratelimit.buckets import Planner
 from quorum.ratelimit.cli import usage
 from quorum.ratelimit.cluster import ClusterBackend
@@ -145,12 +146,13 @@ def msg(
     rcpts: tuple[str, ...] = ("bob@dest.test",),
     ip: str = "192.0.2.1",
     user: str = "alice",
-) -> Session:
+) -> Transaction:
     macros = {"{auth_authen}": user} if user else {}
-    return Session(Envelope(client_ip=ip, sender=sender, recipients=list(rcpts), macros=macros))
+    env = Envelope(client_ip=ip, sender=sender, recipients=list(rcpts), macros=macros)
+    return Transaction(Connection(ip), env)
 
 
-def admitted(stage: RateLimitStage, session: Session) -> bool:
+def admitted(stage: RateLimitStage, session: Transaction) -> bool:
     reply = stage.data(session)
     assert reply is None or (reply.code, reply.xcode) == ("451", "4.7.1")
     return reply is None
@@ -437,7 +439,8 @@ def keep_sending(stage: RateLimitStage, until: Callable[[], bool], seconds: floa
         start = time.monotonic()
         assert stage.data(s) is None  # generous limit: always admitted, from Redis or locally
         assert time.monotonic() - start < 1.5  # a dead Redis costs at most a short timeout
-        reservation = s.state["ratelimit"]
+        reservation = s.reservation
+        assert reservation is not None
         sources.append(reservation.source)
         if until():
             return sources

@@ -25,7 +25,8 @@ from quorum.pipeline.output import Edits
 from quorum.pipeline.policy import Decision, Policy
 from quorum.pipeline.runner import EngineRunner
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
-from quorum.pipeline.transaction import Connection, Scan, Transaction
+from quorum.pipeline.transaction import Connection, Refusal, Scan, Transaction
+from quorum.records.format import json_line
 from quorum.tenants import EffectivePolicy, TenantPolicies
 from quorum.verdict import Category
 from quorum.verdictcache.feature import make_cache
@@ -68,6 +69,9 @@ class Pipeline:
                 log.exception("stage %s failed in %s", stage.name, name)
                 continue
             if reply is not None:
+                txn = args[0] if args else None
+                if name in ("mail_from", "data") and isinstance(txn, Transaction) and txn.refusal is None:
+                    txn.refusal = Refusal(stage.name, name, reply)
                 return reply
         return None
 
@@ -180,14 +184,19 @@ class Pipeline:
     def finish(self, txn: Transaction, message: Message, result: Result, outcome: Action, reply: Reply | None) -> None:
         """The milter answered `outcome` (the edits applied, or a 451 because they failed)."""
         result.outcome = outcome
+        d = result.decision
+        ended = Outcome(outcome, reply, d, result.scan, message.size, result.elapsed, message)
         if txn.open:
             txn.open = False
-            d = result.decision
-            ended = Outcome(outcome, reply, d, result.scan, message.size, result.elapsed, message)
             self._notify("finished", txn, ended)
-        self._log(txn, message, result, reply)
-        d = result.decision
-        metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed)
+        if self.config.milter.log_format == "json":
+            msglog.info("%s", json_line(txn, ended, result.notes))
+        else:
+            self._log(txn, message, result, reply)
+        if result.edits.quarantine and outcome is Action.QUARANTINE:
+            msglog.warning("qid=%s quarantined: %s", txn.envelope.queue_id or "-", result.edits.quarantine)
+        tenant = txn.policy.domain if txn.policy is not None else None
+        metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed, tenant=tenant)
 
     def _log(self, txn: Transaction, message: Message, result: Result, reply: Reply | None) -> None:
         env = txn.envelope
@@ -214,8 +223,6 @@ class Pipeline:
             result.elapsed * 1000,
             txn.id,
         )
-        if result.edits.quarantine and result.outcome is Action.QUARANTINE:
-            msglog.warning("qid=%s quarantined: %s", env.queue_id or "-", result.edits.quarantine)
 
     def close(self) -> None:
         close_parts(self.runners, self.stages, self.stage_pool, self.tenants)

@@ -58,6 +58,16 @@ class AccessClass:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A stage refused the transaction before end-of-data (for session records)."""
+
+    stage: str
+    hook: str
+    reply: Reply
+    detail: str = ""
+
+
 @dataclass
 class Transaction:
     """One message's life from MAIL FROM to its end (end-of-data, RSET, QUIT or a refusal)."""
@@ -72,6 +82,7 @@ class Transaction:
     reservation: Reservation | None = None  # rate-limit reservation to give back if not sent
     sender_rewrite: str | None = None  # new envelope sender (BATV signing), applied at end-of-message
     recipient_rewrites: dict[str, str] = field(default_factory=dict)  # recipient as received -> replacement
+    refusal: Refusal | None = None  # the first refusal at MAIL FROM or DATA
     open: bool = True
 
     def access_class(self, recipient: str | None = None) -> AccessClass:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import math
 
+from quorum import metrics
 from quorum.message import Envelope, Message, printable
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
-from quorum.pipeline.transaction import Connection, Findings, Transaction
+from quorum.pipeline.transaction import Connection, Findings, Refusal, Transaction
 from quorum.ratelimit.buckets import Planner
 from quorum.ratelimit.limiter import Decision, Limiter
 from quorum.ratelimit.settings import RateLimitSettings
@@ -45,7 +46,10 @@ class RateLimitStage(Stage):
         charges = self.planner.message(env, sender_trusted=bool(env.auth_user) or txn.spf_passed())
         decision = self.limiter.reserve(charges)
         if not decision.admitted:
-            return self._refuse(env, decision)
+            reply = self._refuse(env, decision)
+            kind = decision.refused.kind if decision.refused else ""
+            txn.refusal = Refusal(self.name, "data", reply, detail=kind)
+            return reply
         txn.reservation = decision.reservation
         return None
 
@@ -69,6 +73,7 @@ class RateLimitStage(Stage):
 
     def _refuse(self, env: Envelope, decision: Decision) -> Reply:
         charge = decision.refused
+        metrics.ratelimit_refused(charge.kind if charge else "client_ip")
         label = printable(charge.label) if charge else "this client"
         retry = max(1, math.ceil(decision.retry_after))
         log.info(
