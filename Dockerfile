@@ -55,6 +55,8 @@ RUN useradd --system --user-group --home-dir /var/lib/quorum --create-home --she
  && ln -s /opt/quorum/bin/quorum /usr/local/bin/quorum
 ENV PATH=/opt/quorum/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1
+# Quorum never runs as root here: it starts as `quorum` (so [milter] user stays unset, see
+# quorum/service/privileges.py); compose/test-stack.sh checks `ps -o user=` in the container.
 USER quorum
 WORKDIR /var/lib/quorum
 EXPOSE 9900

@@ -12,7 +12,10 @@ REPO=$PWD
 APT_PACKAGES=(
   python3 python3-venv python3-dev gcc libmilter-dev
   postfix clamav-daemon clamav rspamd spamassassin spamd redis-server redis-tools nsd
+  clamav-milter spamass-milter  # peers measured by bench/peers.py; started only by the harness, never as services
   docker-compose procps iproute2 ca-certificates
+  systemd  # systemd-analyze verify checks packaging/quorum.service (no systemd as PID 1 needed)
+  clamav-testfiles prometheus  # quorum evaluate's corpus test; promtool checks monitoring/quorum-alerts.yml
 )
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
@@ -27,6 +30,16 @@ install_system() {
     echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
     as_root apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# Quorum's own unprivileged account: the demo runs Quorum as this user, and the tests check the
+# drop from root to it (packaging/quorum.service and the compose image use the same name).
+ensure_quorum_user() {
+  if ! getent passwd quorum >/dev/null; then
+    echo "== useradd quorum"
+    as_root useradd --system --user-group --home-dir /var/lib/quorum --no-create-home \
+      --shell /usr/sbin/nologin quorum
   fi
 }
 
@@ -47,11 +60,13 @@ cmd=${1:-}
 case "$cmd" in
   demo)
     install_system
+    ensure_quorum_user
     install_python
     exec .venv/bin/python -m tests.harness.demo "${@:2}"
     ;;
   test)
     install_system
+    ensure_quorum_user
     install_python
     echo "== static checks"
     .venv/bin/ruff check milter tests bench
@@ -67,7 +82,7 @@ case "$cmd" in
   bench)
     install_system
     install_python
-    for b in bench/throughput.py bench/memory.py bench/engines_latency.py bench/auth_bench.py bench/ratelimit_bench.py; do
+    for b in bench/throughput.py bench/memory.py bench/engines_latency.py bench/auth_bench.py bench/ratelimit_bench.py bench/peers.py; do
       echo "== $b"
       .venv/bin/python "$b"
     done

@@ -175,6 +175,20 @@ def exec_in(service: str, *argv: str, timeout: float = 60.0) -> subprocess.Compl
     return subprocess.run([engine(), "exec", cid, *argv], capture_output=True, text=True, timeout=timeout)
 
 
+# "[q]": the pattern must not match the shell running it.
+QUORUM_PROCESSES = (
+    'for p in $(pgrep -f "[q]uorum run|[q]uorum[.]service[.]server"); do echo "$p $(ps -o user=,args= -p $p)"; done'
+)
+
+
+def quorum_users() -> tuple[bool, str]:
+    """`ps -o user=` of the supervisor and the worker in the quorum container: both must be quorum."""
+    out = exec_in("quorum", "sh", "-c", QUORUM_PROCESSES).stdout.strip()
+    lines = [line.split(None, 2) for line in out.splitlines()]
+    ok = len(lines) >= 2 and all(len(f) == 3 and f[1] == "quorum" for f in lines)
+    return ok, out or "(no quorum process)"
+
+
 def stop(service: str) -> None:
     compose("stop", service, capture=True)
 
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("services", nargs="*", default=list(SERVICES))
     sub.add_parser("status", help="state and health of every service")
     sub.add_parser("info", help="the compose command, engine and project in use")
+    sub.add_parser("quorum-user", help="check that Quorum runs as user quorum in its container")
     lg = sub.add_parser("logs", help="last log lines of every (or the given) service")
     lg.add_argument("--tail", type=int, default=60)
     lg.add_argument("services", nargs="*", default=list(SERVICES))
@@ -215,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stackctl: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.cmd == "quorum-user":
+        ok, out = quorum_users()
+        print(out)
+        return 0 if ok else 1
     if args.cmd == "status":
         print(status())
         return 0

@@ -155,6 +155,10 @@ phase "wait for health (max ${HEALTH_TIMEOUT}s)"
 "${STACKCTL[@]}" wait-healthy --timeout "$HEALTH_TIMEOUT"
 phase_done "healthy"
 
+phase "quorum runs as user quorum (ps -o user= in its container)"
+"${STACKCTL[@]}" quorum-user
+phase_done "unprivileged quorum"
+
 # --- end-to-end cases --------------------------------------------------------------------
 phase "pytest -m compose tests/compose"
 JUNIT=$(mktemp /tmp/quorum-compose-junit.XXXXXX)

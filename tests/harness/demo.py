@@ -1,7 +1,7 @@
 """`./run.sh demo`: the whole stack on loopback with Quorum's embedded default config.
 
 Starts NSD (the only resolver rspamd may use), clamd :3310, rspamd :11333, spamd :783,
-redis :6379, `quorum run` (embedded default config, milter on 127.0.0.1:9900), a dedicated
+redis :6379, `quorum run` as user quorum (embedded default config, milter on 127.0.0.1:9900), a dedicated
 Postfix on 127.0.0.1:2525 and a sink; sends a clean, a virus and a spam message through
 Postfix and prints what happened to each. `--keep` leaves it running until Ctrl-C.
 """
@@ -29,6 +29,7 @@ from tests.harness.smtp_client import send
 from tests.harness.spamd import Spamd
 
 PORTS = {"clamd": 3310, "rspamd": 11333, "spamd": 783, "redis": 6379, "quorum": 9900, "postfix": 2525}
+QUORUM_USER = "quorum"
 SYSTEM_UNITS = ["clamav-daemon", "rspamd", "spamd", "redis-server", "postfix"]
 
 
@@ -40,6 +41,33 @@ def message(subject: str, body: bytes) -> bytes:
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     )
     return head.encode() + body + b"\r\n"
+
+
+def process_user(pid: int) -> str:
+    return subprocess.run(["ps", "-o", "user=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+
+
+def check_quorum_user() -> None:
+    """The quorum user (./run.sh creates it) must be able to run this checkout's venv."""
+    probe = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={QUORUM_USER}",
+            f"--regid={QUORUM_USER}",
+            "--init-groups",
+            sys.executable,
+            "-c",
+            "import quorum.service.server",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        sys.exit(
+            f"demo: user {QUORUM_USER!r} cannot run {sys.executable}: {probe.stderr.strip()[-300:]}\n"
+            "  create it (./run.sh does: useradd --system --user-group quorum) and make the checkout readable "
+            "(chmod o+rx on each directory above it)"
+        )
 
 
 def free_fixed_ports() -> None:
@@ -58,8 +86,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C")
     args = parser.parse_args()
+    check_quorum_user()
     free_fixed_ports()
     work = Path(tempfile.mkdtemp(prefix="quorum-demo-"))
+    work.chmod(0o755)  # Quorum (user quorum) starts in it
     started: list[object] = []
     try:
         dns = DnsServer(work / "dns", {"example.com": zone_text("example.com", [("@", "TXT", '"v=spf1 -all"')])})
@@ -76,8 +106,13 @@ def main() -> int:
         redis = RedisServer(work / "redis", port=PORTS["redis"])
         started.append(redis.start())
         quorum = Service("quorum", work / "quorum")
-        quorum.spawn([sys.executable, "-m", "quorum", "run"], ready=lambda: port_open(PORTS["quorum"]), timeout=60)
+        # As its own unprivileged user, like the systemd unit (User=quorum) and the compose image.
+        as_quorum = ["setpriv", f"--reuid={QUORUM_USER}", f"--regid={QUORUM_USER}", "--init-groups"]
+        argv = [*as_quorum, sys.executable, "-m", "quorum", "run"]
+        quorum.spawn(argv, ready=lambda: port_open(PORTS["quorum"]), timeout=60, cwd=work)
         started.append(quorum)
+        assert quorum.proc is not None
+        print(f"quorum run: pid {quorum.proc.pid}, user {process_user(quorum.proc.pid)}")
         sink = Sink(work / "sink")
         sink.start()
         started.append(sink)
@@ -93,10 +128,11 @@ def main() -> int:
             ("spam", message("you won", b"Cheap offer!\r\n" + GTUBE)),
         ]
         for name, raw in cases:
+            before = len(sink.messages())  # counted before sending: delivery can beat the reply
             result = send(PORTS["postfix"], "alice@example.com", ["bob@example.org"], raw)
             print(f"{name:>5}: SMTP {result.code} {result.text}")
             if result.code == 250:
-                delivered = sink.wait_for(len(sink.messages()) + 1, 30)[-1]
+                delivered = sink.wait_for(before + 1, 30)[-1]
                 for header in ("X-Quorum-Verdict", "X-Quorum-Engines", "X-Spam-Flag"):
                     value = delivered.header(header)
                     if value:

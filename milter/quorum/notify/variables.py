@@ -11,6 +11,7 @@ from typing import Any
 from quorum.notify.facts import NoticeFacts
 
 MAX_VALUE = 998  # one header line's worth per value
+MAX_LISTED = 500  # messages listed in one digest; `message_count` still says how many there are
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -31,7 +32,10 @@ def decode_text(raw: str) -> str:
 
 
 def client_text(facts: NoticeFacts) -> str:
+    """Client as "name [ip]"; just the ip where the name is unknown (libmilter then gets "[ip]" as the name)."""
     ip, name = clean(facts.client_ip, 64), clean(facts.client_name, 255)
+    if name.startswith("[") or name.lower() in ("unknown", "[unavailable]"):
+        name = ""
     if name and ip:
         return f"{name} [{ip}]"
     return name or ip
@@ -59,4 +63,15 @@ def variables(event: str, audience: str, to: str, recipients: tuple[str, ...], f
         "date": format_datetime(when),
         "tenant": clean(facts.tenant, 255),
         "headers": [[clean(name, 64), decode_text(value)] for name, value in facts.summary()],
+        "messages": [
+            {
+                "queue_id": clean(m.queue_id, 64),
+                "date": clean(m.date, 64),
+                "sender": clean(m.sender, 254),
+                "subject": decode_text(m.subject),
+                "reason": clean(m.reason),
+            }
+            for m in facts.held[:MAX_LISTED]
+        ],
+        "message_count": len(facts.held),
     }

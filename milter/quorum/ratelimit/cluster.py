@@ -15,6 +15,8 @@ before the next call and this call fails, so the limiter falls back for a moment
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +28,22 @@ from quorum.ratelimit.buckets import Charge
 
 Call = tuple[Sequence[str], Sequence[str | int]]  # KEYS, ARGV
 _TOPOLOGY_ERRORS = (MovedError, AskError, ClusterDownError, TryAgainError)
+
+
+@functools.cache
+def _wants_command_name(pool_type: Any) -> bool:
+    """redis-py < 5.3 requires `get_connection(command_name, ...)`; 5.3 made it optional and
+    deprecated (a DeprecationWarning when given)."""
+    try:
+        parameter = inspect.signature(pool_type.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        return True
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+def checkout(pool: Any, command: str) -> Any:
+    """A connection from `pool`, however this redis-py version spells it."""
+    return pool.get_connection(command) if _wants_command_name(pool.__class__) else pool.get_connection()
 
 
 class ClusterBackend:
@@ -76,7 +94,7 @@ class ClusterBackend:
         for node, idxs in by_node.values():
             pool = self.client.get_redis_connection(node).connection_pool
             try:
-                conn = pool.get_connection()
+                conn = checkout(pool, command)
             except Exception as exc:
                 self._fail(results, idxs, exc)
                 continue

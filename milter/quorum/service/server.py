@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import pwd
 import socket
 import stat
 import sys
@@ -17,6 +18,7 @@ import Milter
 
 from quorum import metrics
 from quorum.service.app import App
+from quorum.service.privileges import PrivilegeError, check_identity, drop_privileges
 from quorum.service.session import ACTIONS, QuorumMilter
 
 log = logging.getLogger("quorum.service")
@@ -37,18 +39,11 @@ def tcp_port(spec: str) -> int | None:
 
 
 def _register() -> None:
+    """Flags and callbacks; `callbacks` guards each one against out-of-sequence or undecodable commands."""
+    from quorum.service import callbacks
+
     milter.set_flags(ACTIONS)
-    milter.set_connect_callback(Milter.connect_callback)
-    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    milter.set_close_callback(Milter.close_callback)
-    milter.set_exception_policy(Milter.TEMPFAIL)
+    callbacks.install(milter)
 
 
 def set_listener_nodelay(port: int) -> int:
@@ -81,9 +76,13 @@ def set_listener_nodelay(port: int) -> int:
 
 
 def _secure_unix(path: str, app: App) -> None:
+    """Mode and group of the socket so Postfix's smtpd can reach it; owned by the worker's user,
+    which must still connect to it after dropping root (see `_stop_listener`)."""
     m = app.config.milter
-    if m.socket_group:
-        os.chown(path, -1, grp.getgrnam(m.socket_group).gr_gid)
+    uid = pwd.getpwnam(m.user).pw_uid if m.user and os.geteuid() == 0 else -1
+    gid = grp.getgrnam(m.socket_group).gr_gid if m.socket_group else -1
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid)
     os.chmod(path, m.socket_mode if m.socket_mode is not None else 0o660)
 
 
@@ -107,10 +106,15 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
     port = tcp_port(m.socket)
     if port is not None and set_listener_nodelay(port) == 0:
         log.warning("could not set TCP_NODELAY on the milter socket; expect ~80 ms per message")
-    if kind == "unix":
-        _secure_unix(rest, app)
-    if m.metrics_listen:
-        metrics.serve(m.metrics_listen)
+    try:
+        if kind == "unix":
+            _secure_unix(rest, app)
+        if m.metrics_listen:
+            metrics.serve(m.metrics_listen)
+        drop_privileges(m.user)  # everything that needs root is bound by now
+    except (OSError, KeyError, PrivilegeError) as exc:
+        log.error("cannot secure the socket, open the metrics listener or drop privileges: %s", exc)
+        return 2
     if control is not None:
         threading.Thread(target=_control_loop, args=(app, control), name="quorum-control", daemon=True).start()
     log.info("listening on %s; engines: %s", m.socket, ", ".join(r.name for r in app.pipeline.runners) or "none")
@@ -187,6 +191,11 @@ def main_worker(config_path: str | None) -> int:
             print(f"quorum: {p}", file=sys.stderr)
         return 2
     setup_logging(config.milter.log_level)
+    try:
+        check_identity(config.milter.user)
+    except PrivilegeError as exc:
+        print(f"quorum: {exc}", file=sys.stderr)
+        return 2
     for w in config.warnings:
         log.warning("config: %s", w)
     app = App(config)

@@ -5,7 +5,9 @@ SIGHUP as "stop"). So `quorum run` is a small parent that owns the signals and r
 in a child process in its own session, talking to it over a pipe:
 SIGHUP -> validate the file, then `reload` (an invalid file is refused and logged);
 SIGTERM/SIGINT -> `stop`: no new connections, sessions in flight finish (bounded), exit.
-A child that dies unexpectedly is restarted with backoff.
+A child that dies unexpectedly is restarted with backoff. Only the first start may end the
+supervisor (exit 2: bad config, socket in use): a restart that meets a config broken on disk
+since then keeps retrying with backoff, so one crash never takes the milter down for good.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Supervisor:
         self.child: subprocess.Popen[bytes] | None = None
         self._reload = False
         self._stop = False
+        self._valid_at = 0.0  # monotonic time a SIGHUP last found the config valid
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -58,14 +61,21 @@ class Supervisor:
         if not self.config_path:
             log.warning("SIGHUP: running on the embedded default config; nothing to reload")
             return
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", "; ".join(exc.problems))
-            return
-        self.stop_timeout = config.milter.stop_timeout  # the worker drains with the new value
-        log.info("SIGHUP: reloading %s", self.config_path)
-        self._send("reload")
+        if self._config_valid("reload refused, keeping the running config"):
+            log.info("SIGHUP: reloading %s", self.config_path)
+            self._send("reload")
+
+    def _config_valid(self, refusal: str) -> bool:
+        """Validate the file on SIGHUP; remember when it was last found valid."""
+        if self.config_path:
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("%s: %s", refusal, "; ".join(exc.problems))
+                return False
+            self.stop_timeout = config.milter.stop_timeout  # the worker drains with the new value
+        self._valid_at = time.monotonic()
+        return True
 
     def run(self) -> int:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -73,6 +83,7 @@ class Supervisor:
         if self.pid_file:
             Path(self.pid_file).write_text(f"{os.getpid()}\n")
         backoff = 1.0
+        first_start = True
         try:
             self.child = self._spawn()
             started = time.monotonic()
@@ -83,11 +94,25 @@ class Supervisor:
                     self._do_reload()
                 code = self.child.poll()
                 if code is not None:
-                    if code == 2 and time.monotonic() - started < 5:
-                        log.error("milter failed to start (exit %d)", code)
+                    refused = code == 2 and time.monotonic() - started < 5  # a config or socket problem
+                    if refused and first_start:
+                        log.error("milter failed to start (exit %d); fix the problem above and start again", code)
                         return code
-                    log.error("milter process exited with %d; restarting in %.0fs", code, backoff)
-                    time.sleep(backoff)
+                    first_start = False
+                    delay = backoff
+                    if refused and self._valid_at > started:
+                        delay = 0.0  # a SIGHUP found the file fixed while this start was failing
+                    if refused:
+                        log.error(
+                            "milter could not restart (exit %d: the config on disk or the socket, see above); "
+                            "retrying in %.0fs, or at once on SIGHUP once the config is fixed",
+                            code,
+                            delay,
+                        )
+                    else:
+                        log.error("milter process exited with %d; restarting in %.0fs", code, delay)
+                    if not self._wait_before_restart(delay):
+                        return 0
                     backoff = min(backoff * 2, 30.0) if time.monotonic() - started < 60 else 1.0
                     self.child = self._spawn()
                     started = time.monotonic()
@@ -95,6 +120,22 @@ class Supervisor:
         finally:
             if self.pid_file:
                 Path(self.pid_file).unlink(missing_ok=True)
+
+    def _wait_before_restart(self, seconds: float) -> bool:
+        """Sleep out the backoff; False if told to stop meanwhile. A SIGHUP with a valid config
+        ends the wait early (the operator fixed the file the worker could not start with)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop:
+                log.info("stopping while the milter is down")
+                return False
+            if self._reload:
+                self._reload = False
+                if self._config_valid("config still invalid"):
+                    log.info("SIGHUP: config is valid; restarting the milter now")
+                    return True
+            time.sleep(0.1)
+        return True
 
     def _stop_child(self) -> int:
         assert self.child is not None

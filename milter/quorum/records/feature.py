@@ -1,0 +1,30 @@
+"""`[records]` as a feature: parsed at config load; builds the records stage and its writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quorum.config.fields import Table
+from quorum.records.settings import RecordsSettings, parse_settings
+from quorum.records.stage import RecordsStage, reserve_tenant_series
+from quorum.records.writer import RecordWriter
+
+
+def parse(root: Table) -> RecordsSettings | None:
+    return parse_settings(root)
+
+
+def client_factory(settings: RecordsSettings) -> Any:
+    """A redis-py client (single, Sentinel master, or Cluster) built like the rate limiter's."""
+
+    def factory() -> Any:
+        from quorum.ratelimit.connect import connect  # imports redis-py only when the feature is on
+
+        return connect(settings.redis).client  # type: ignore[attr-defined]
+
+    return factory
+
+
+def build(config: Any, settings: RecordsSettings) -> list[RecordsStage]:
+    reserve_tenant_series(config, settings.tenant_metrics)
+    return [RecordsStage(RecordWriter(settings, client_factory(settings)))]

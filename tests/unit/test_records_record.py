@@ -1,0 +1,104 @@
+"""What one session record holds, from the typed transaction and its outcome."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from quorum.auth.spf import SpfResult
+from quorum.message import Envelope
+from quorum.pipeline import replies
+from quorum.pipeline.policy import Decision
+from quorum.pipeline.stages import Action, Outcome
+from quorum.pipeline.transaction import AuthFindings, Connection, Scan, Transaction
+from quorum.ratelimit.buckets import Charge
+from quorum.ratelimit.limiter import Reservation
+from quorum.ratelimit.settings import Rule
+from quorum.records import record
+from quorum.records.format import json_line
+from quorum.records.stage import RecordsStage
+from quorum.verdict import Category, Status, Verdict
+
+
+def transaction() -> Transaction:
+    conn = Connection("192.0.2.7", "mail.example.net", "mail.example.net")
+    env = Envelope("192.0.2.7", "mail.example.net", "mail.example.net", "alice@Example.NET", ["bob@example.org"])
+    env.macros.update({"i": "4ABC123", "{auth_authen}": "alice"})
+    txn = Transaction(conn, env)
+    rule = Rule("messages", 10, 3600.0)
+    txn.reservation = Reservation((Charge("client_ip", "192.0.2.7", rule, "k", 1),), "redis")
+    return txn
+
+
+def outcome() -> Outcome:
+    verdicts = [
+        Verdict("clamav", Category.ANTIVIRUS, Status.CLEAN, elapsed=0.012),
+        Verdict("rspamd", Category.ANTISPAM, Status.SPAM, score=16.0, threshold=15.0, elapsed=0.2),
+        Verdict("spamassassin", Category.ANTISPAM, Status.ERROR, error="timeout", elapsed=5.0),
+    ]
+    d = Decision(Action.TAG, "spam", score=1.07, verdicts=verdicts, degraded=["spamassassin"], reasons=["spam by any"])
+    spf = SpfResult("pass", "mailfrom", "example.net", "alice@example.net")
+    scan = Scan(auth=AuthFindings(spf=spf), log={"dkim": "none"})
+    return Outcome(Action.TAG, None, d, scan, 2048, 0.25)
+
+
+def test_record_of_a_scanned_message() -> None:
+    r = record.from_outcome(transaction(), outcome())
+    assert r["stage"] == "eom" and r["qid"] == "4ABC123" and r["auth_user"] == "alice"
+    assert (r["sender_domain"], r["recipient_domains"], r["client_ip"]) == ("example.net", ["example.org"], "192.0.2.7")
+    assert (r["verdict"], r["action"], r["decided"], r["score"], r["size"]) == ("spam", "tag", "tag", 1.07, 2048)
+    assert r["elapsed_ms"] == 250.0 and r["reply"] is None and r["tenant"] is None
+    assert [(e["engine"], e["status"]) for e in r["engines"]] == [
+        ("clamav", "clean"),
+        ("rspamd", "spam"),
+        ("spamassassin", "error"),
+    ]
+    assert r["engines"][2]["error"] == "timeout" and r["engines"][1]["threshold"] == 15.0
+    assert r["spf"] == "pass" and r["facts"] == {"dkim": "none"}
+    assert r["ratelimit"] == {"source": "redis", "buckets": ["client_ip"]}
+    assert json.loads(json.dumps(r)) == r
+
+
+def test_json_log_line_is_one_line_even_with_hostile_text() -> None:
+    txn = transaction()
+    txn.envelope.sender = 'evil"\r\nX-Injected: 1@example.net'
+    line = json_line(txn, outcome(), notes=["header edits failed"])
+    assert "\n" not in line and "\r" not in line
+    parsed = json.loads(line)
+    assert parsed["sender"] == txn.envelope.sender and parsed["reasons"][-1] == "header edits failed"
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def submit(self, r: dict[str, Any]) -> bool:
+        self.records.append(r)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_refusal_at_data_is_recorded_with_its_bucket_kind() -> None:
+    sink = Collect()
+    stage = RecordsStage(sink)  # type: ignore[arg-type]
+    txn = transaction()
+    stage.aborted(txn)  # RSET/QUIT before DATA: no message was offered, no record
+    assert sink.records == []
+    reply = replies.rate_limited("sender_domain example.net", 30)
+    txn.refusal = SimpleNamespace(stage="ratelimit", hook="data", reply=reply)  # type: ignore[attr-defined]
+    stage.aborted(txn)
+    [r] = sink.records
+    assert (r["verdict"], r["action"], r["stage"], r["refused_by"]) == ("refused", "tempfail", "data", "ratelimit")
+    assert r["reply_code"] == "451" and r["ratelimit"] == {"refused": "sender_domain"}
+    txn.ratelimit_refused = "client_ip"  # type: ignore[attr-defined]  # typed kind, when the stage notes it
+    stage.aborted(txn)
+    assert sink.records[-1]["ratelimit"] == {"refused": "client_ip"}
+
+
+def test_finished_submits_one_record() -> None:
+    sink = Collect()
+    RecordsStage(sink).finished(transaction(), outcome())  # type: ignore[arg-type]
+    assert len(sink.records) == 1 and sink.records[0]["verdict"] == "spam"
