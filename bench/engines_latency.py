@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "milter"), str(REPO / "bench")]
 
 from corpus import Sample, build_corpus  # noqa: E402
 
-from quorum.config.loader import parse_config  # noqa: E402
+from quorum.assembly import parse_config  # noqa: E402
 from quorum.engines import Engine, ScanCall, build_engine  # noqa: E402
 from quorum.message import Envelope, Message  # noqa: E402
 from quorum.pipeline.pipeline import Pipeline  # noqa: E402

@@ -33,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "milter")]
 import redis  # noqa: E402
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer  # noqa: E402
 
-from quorum.config import parse_config  # noqa: E402
+from quorum.assembly import parse_config  # noqa: E402
 from quorum.message import Envelope  # noqa: E402
 from quorum.pipeline.stages import Session  # noqa: E402
 from quorum.ratelimit.feature import build  # noqa: E402

@@ -26,7 +26,7 @@ sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
 from tests.harness.redis_server import RedisCluster, RedisServer  # noqa: E402
 
-from quorum.config import parse_config  # noqa: E402
+from quorum.assembly import parse_config  # noqa: E402
 from quorum.records.feature import client_factory  # noqa: E402
 from quorum.records.stage import RecordsStage  # noqa: E402
 from quorum.records.writer import RecordWriter  # noqa: E402

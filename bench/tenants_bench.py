@@ -30,7 +30,7 @@ sys.path[:0] = [str(REPO), str(REPO / "milter")]
 import redis  # noqa: E402
 from tests.harness.redis_server import RedisCluster, RedisServer  # noqa: E402
 
-from quorum.config import parse_config  # noqa: E402
+from quorum.assembly import parse_config  # noqa: E402
 from quorum.tenants import TenantPolicies, TenantSettings  # noqa: E402
 from quorum.tenants.store import encode  # noqa: E402
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from quorum import __version__
-from quorum.config import Config, ConfigError, load_config
+from quorum.assembly import load_config
+from quorum.config import Config, ConfigError
 from quorum.config.loader import DEFAULT_CONFIG
 from quorum.logs import setup_logging
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from tests.harness.dns import DnsServer
-from tests.harness.ports import free_port
+from tests.harness.ports import free_port, port_open
 from tests.zones import auth as z
 
 from quorum.access.dnsbl import DnsblList, check
@@ -16,7 +16,7 @@ from quorum.auth.dkim import verify_dkim
 from quorum.auth.dmarc import evaluate
 from quorum.auth.resolver import DnsTempError, Resolver
 from quorum.auth.settings import DnsSettings
-from quorum.auth.spf import check_spf
+from quorum.auth.spf import SpfResult, check_spf
 from quorum.message import Message
 
 pytestmark = pytest.mark.integration
@@ -31,6 +31,29 @@ def keys() -> dict[str, z.DkimKey]:
 def nsd(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, z.DkimKey]) -> Iterator[DnsServer]:
     with DnsServer(tmp_path_factory.mktemp("nsd"), z.zones(keys)) as server:
         yield server
+
+
+class _PartlyBrokenDns(DnsServer):
+    """NSD with a zone that fails to load on purpose: ready when the zones that load answer."""
+
+    def _ready(self) -> bool:
+        import dns.message
+        import dns.query
+
+        if not port_open(self.port):
+            return False
+        for name, text in self.zones.items():
+            if text != z.BROKEN_ZONE:
+                q = dns.message.make_query(name + ".", "SOA")
+                if not dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.5).answer:
+                    return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def uncooperative(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    with _PartlyBrokenDns(tmp_path_factory.mktemp("nsd-uncoop"), z.uncooperative_zones()) as server:
+        yield Resolver(DnsSettings(("127.0.0.1",), server.port, 2.0, 0))
 
 
 @pytest.fixture()
@@ -137,6 +160,24 @@ def test_dmarc(resolver: Resolver, keys: dict[str, z.DkimKey]) -> None:
     assert _dmarc(resolver, "strict.test", good, "mail.strict.test", keys) == ("fail", "p", "reject")
     # a third-party signature does not align
     assert _dmarc(resolver, "reject.test", bad, "x.test", keys, "thirdparty.test") == ("fail", "p", "reject")
+
+
+@pytest.mark.parametrize("tld", z.UNCOOPERATIVE_TLDS)
+def test_dmarc_survives_a_tld_that_does_not_answer(uncooperative: Resolver, tld: str) -> None:
+    """`_dmarc.<tld>` answered SERVFAIL or REFUSED: the Author Domain's own p=reject still decides (defect 4)."""
+    with pytest.raises(DnsTempError):
+        uncooperative.txt(f"_dmarc.{tld}")
+
+    def dmarc(ip: str, mailfrom: str) -> tuple[SpfResult, str, str]:
+        msg = Message.from_bytes(z.message(f"ceo@bank.{tld}"))
+        spf = check_spf(uncooperative, ip, f"b@{mailfrom}", "h.test", soon())
+        result = evaluate(msg.headers, spf, [], uncooperative, soon())
+        return spf, result.result, result.policy
+
+    spf, result, policy = dmarc(z.CLIENT_BAD, f"evil.{tld}")  # a spoof, SPF-authorised for its own domain
+    assert (spf.result, result, policy) == ("pass", "fail", "reject")
+    spf, result, policy = dmarc(z.CLIENT_GOOD, f"mail.bank.{tld}")  # relaxed alignment still found
+    assert (spf.result, result, policy) == ("pass", "pass", "reject")
 
 
 def test_dnsbl(resolver: Resolver) -> None:

@@ -17,7 +17,7 @@ import pytest
 import redis
 from tests.harness.redis_server import RedisCluster
 
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.ratelimit.buckets import Charge
 from quorum.ratelimit.cluster import ClusterBackend
 from quorum.ratelimit.feature import make_limiter

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
 from tests.unit.test_ratelimit_gcra import Clock, Spec, replay, scenarios
 
+from quorum.assembly import parse_config
 from quorum.cli import main as quorum_main
-from quorum.config import parse_config
 from quorum.message import Envelope
 from quorum.pipeline.stages import Action, Outcome
 from quorum.pipeline.transaction import Connection, Transaction
@@ -316,7 +316,7 @@ def test_script_reloaded_after_noscript(deployment: Deployment) -> None:
 CHILD = textwrap.dedent(
     """
     import json, sys, threading
-    from quorum.config import parse_config
+    from quorum.assembly import parse_config
     from quorum.message import Envelope
     from quorum.ratelimit.buckets import Planner
     from quorum.ratelimit.feature import make_limiter

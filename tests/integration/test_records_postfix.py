@@ -145,7 +145,7 @@ def test_mixed_load_is_counted_by_stats(
 
 
 def _records(cluster: RedisCluster) -> list[dict[str, Any]]:
-    from quorum.config import parse_config
+    from quorum.assembly import parse_config
     from quorum.records import streams
     from quorum.records.feature import client_factory
 

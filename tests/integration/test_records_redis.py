@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
 
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.records import streams
 from quorum.records.feature import client_factory
 from quorum.records.settings import RecordsSettings

@@ -18,8 +18,9 @@ import pytest
 import redis
 from tests.harness.redis_server import RedisCluster, RedisServer
 
+from quorum.assembly import load_config
 from quorum.cli import main as quorum_main
-from quorum.config import Config, load_config
+from quorum.config import Config
 from quorum.tenants import TenantPolicies
 
 pytestmark = pytest.mark.integration

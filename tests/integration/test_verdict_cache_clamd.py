@@ -14,7 +14,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.redis_server import RedisCluster, RedisServer
 
 import quorum.engines.clamav as clamav_mod
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.engines.base import ScanCall
 from quorum.message import Message
 from quorum.pipeline.pipeline import Pipeline

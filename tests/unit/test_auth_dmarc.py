@@ -10,12 +10,15 @@ from tests.zones.fake_resolver import FakeResolver
 from quorum.auth.dkim import DkimResult
 from quorum.auth.dmarc import (
     DmarcRecord,
+    _Lookup,
     author_domain,
     evaluate,
     organizational_domain,
     parse_record,
     tree_walk,
 )
+from quorum.auth.dmarc import walk as dmarc_walk
+from quorum.auth.resolver import DnsTempError
 from quorum.auth.spf import SpfResult
 from quorum.message import Header
 
@@ -223,3 +226,75 @@ def test_unusable_from_is_permerror(dns: FakeResolver) -> None:
     result = evaluate([Header("From", b" a@x.example, b@y.example")], None, [], dns, time.monotonic() + 5)
     assert result.result == "permerror"
     assert dns.asked == []
+
+
+@pytest.fixture()
+def uncooperative() -> FakeResolver:
+    """Real DNS: the records exist, but some upper levels answer SERVFAIL or REFUSED."""
+    return FakeResolver(
+        [
+            ("_dmarc.example.com", "TXT", "v=DMARC1; p=reject"),
+            ("_dmarc.example.co.uk", "TXT", "v=DMARC1; p=reject"),
+            ("_dmarc.example.net", "TXT", "v=DMARC1; p=reject"),
+            ("_dmarc.org.example", "TXT", "v=DMARC1; p=none; sp=reject; np=quarantine"),
+            ("_dmarc.same.example", "TXT", "v=DMARC1; p=none; sp=reject; np=reject"),
+        ],
+        failing=["_dmarc.com", "_dmarc.co.uk", "_dmarc.y.example.net", "_dmarc.example", "ghost.org.example"],
+    )
+
+
+def test_failing_tld_does_not_let_a_spoof_through(uncooperative: FakeResolver) -> None:
+    """Defect: `_dmarc.com` SERVFAIL made a spoofed From: of a p=reject domain temperror (accepted)."""
+    assert run(uncooperative, "example.com", spf("pass", "attacker.com"), [dkim("pass", "attacker.com")]) == (
+        "fail",
+        "p",
+        "reject",
+    )
+    # a subdomain without a record of its own: example.com's record is the only one that can apply
+    assert run(uncooperative, "sub.example.com", spf("pass", "attacker.com"), []) == ("fail", "p", "reject")
+
+    # the failed name is asked once per message, however many walks pass by it
+    uncooperative.asked.clear()
+    assert (
+        run(uncooperative, "example.com", spf("temperror", "b.example.com"), [dkim("pass", "m.example.com")])[0]
+        == "pass"
+    )
+    assert uncooperative.asked.count(("_dmarc.com", "TXT")) == 1
+
+
+def test_failing_tld_keeps_relaxed_alignment(uncooperative: FakeResolver) -> None:
+    assert run(uncooperative, "example.com", spf("pass", "bounce.example.com"), []) == ("pass", "p", "reject")
+    assert run(uncooperative, "example.com", None, [dkim("pass", "mail.example.com")])[0] == "pass"
+    assert run(uncooperative, "sub.example.com", spf("pass", "example.com"), [])[0] == "pass"
+
+
+def test_temperror_only_where_the_missing_answer_decides(uncooperative: FakeResolver) -> None:
+    # `_dmarc.co.uk` unanswered: co.uk (psd=n, or psd=y at uk) could make attacker.co.uk aligned
+    assert run(uncooperative, "example.co.uk", spf("pass", "attacker.co.uk"), [])[0] == "temperror"
+    # ... but never a domain outside co.uk
+    assert run(uncooperative, "example.co.uk", spf("pass", "other.example"), []) == ("fail", "p", "reject")
+    # an exactly aligned pass needs no Organizational Domain
+    assert run(uncooperative, "example.co.uk", spf("pass", "example.co.uk"), [])[0] == "pass"
+    # no record of its own and the walk cut below example.net: y.example.net could hold psd=n; p=none
+    assert run(uncooperative, "x.y.example.net", spf("pass", "attacker.test"), [])[0] == "temperror"
+    # the Author Domain's own record unanswered: always temperror
+    assert run(uncooperative, "y.example.net", spf("pass", "attacker.test"), [])[0] == "temperror"
+
+
+def test_np_existence_check_failure(uncooperative: FakeResolver) -> None:
+    # ghost.org.example A/AAAA/MX unanswered: np=quarantine or sp=reject?
+    assert run(uncooperative, "ghost.org.example", None, [])[0] == "temperror"
+    uncooperative.failing.add("ghost.same.example")
+    # np equals sp: the answer cannot change the outcome
+    assert run(uncooperative, "ghost.same.example", None, []) == ("fail", "sp", "reject")
+
+
+def test_walk_reports_where_it_was_cut(uncooperative: FakeResolver) -> None:
+    lookup = _Lookup(uncooperative, time.monotonic() + 5)
+    cut = dmarc_walk("a.example.com", lookup.record)
+    assert ([r.domain for r in cut.found], cut.unanswered) == (["example.com"], "com")
+    assert cut.org_candidates() == {"example.com"}  # com: never an Organizational Domain itself
+    cut = dmarc_walk("example.co.uk", lookup.record)
+    assert cut.org_candidates() == {"example.co.uk", "co.uk"}
+    with pytest.raises(DnsTempError):
+        tree_walk("a.example.com", lookup.record)

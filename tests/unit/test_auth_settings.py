@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from quorum.assembly import parse_config
 from quorum.auth.feature import AuthFeatureSettings
-from quorum.config import ConfigError, parse_config
+from quorum.config import ConfigError
 from quorum.features import FEATURES
 
 

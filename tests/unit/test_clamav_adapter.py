@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from tests.harness.fake_engine import FakeEngine
 
+from quorum.assembly import parse_config
 from quorum.config.fields import ConfigError
-from quorum.config.loader import parse_config
 from quorum.config.model import EngineSettings
 from quorum.engines import EngineError, ScanCall, build_engine
 from quorum.engines import clamav as clamav_module

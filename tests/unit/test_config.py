@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from quorum.assembly import load_config, parse_config
 from quorum.cli import main as cli_main
-from quorum.config import DEFAULT_CONFIG, ConfigError, Problems, Table, load_config, parse_config
+from quorum.config import DEFAULT_CONFIG, ConfigError, Problems, Table
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:

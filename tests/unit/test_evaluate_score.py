@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from quorum.config import Config, parse_config
+from quorum.assembly import parse_config
+from quorum.config import Config
 from quorum.records.corpus import CorpusError, Sample, load
 from quorum.records.evaluate import Judged, combine_modes, render, score
 from quorum.verdict import Category, Status, Verdict

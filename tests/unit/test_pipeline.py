@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import pytest
 from tests.harness.fake_engine import FakeEngine as FakeServer
 
-from quorum.config import Config, Table, parse_config
+from quorum.assembly import parse_config
+from quorum.config import Config, Table
 from quorum.engines import ENGINE_TYPES, Engine, EngineError, ScanCall
 from quorum.message import Envelope, Message
 from quorum.pipeline.headers import engine_item, headers_to_add, sanitise_header, sanitise_reply, verdict_value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.message import Envelope
 from quorum.ratelimit.buckets import Planner, parse_key
 from quorum.ratelimit.settings import RateLimitSettings

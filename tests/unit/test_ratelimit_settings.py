@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from quorum.config import ConfigError, parse_config
+from quorum.assembly import parse_config
+from quorum.config import ConfigError
 from quorum.ratelimit.settings import RateLimitSettings, Rule, format_duration
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from quorum.assembly import parse_config
 from quorum.auth.spf import SpfResult
-from quorum.config import parse_config
 from quorum.features import FEATURES
 from quorum.message import Envelope
 from quorum.pipeline.stages import Action, Outcome, Reply

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.records import streams
 from quorum.records.settings import RecordsSettings
 from quorum.records.writer import RecordWriter

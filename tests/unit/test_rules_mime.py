@@ -204,3 +204,10 @@ def test_attachment_payloads_are_not_kept() -> None:
     big = base64.encodebytes(b"\0" * 3_000_000)
     raw = multipart(part("Content-Type: application/zip\nContent-Transfer-Encoding: base64", big))
     assert walk(raw).texts == ()
+
+
+def test_eight_bit_mime_headers_do_not_hide_the_part() -> None:
+    headers = "Content-Type: text/plain; x=\xff\nContent-Transfer-Encoding: base64 (\xff)\nX-Junk: \xff"
+    raw = multipart(part(headers, b"ZnJlZQ=="))
+    text = walk(raw.replace(b"\xc3\xbf", b"\xff"))
+    assert text.texts == ("free",) and text.limit_hit is None

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from quorum.assembly import parse_config
 from quorum.config.fields import ConfigError, Problems, Table
-from quorum.config.loader import parse_config
 from quorum.rules import MimeLimits, Rule, parse_rules
 from quorum.rules.feature import RulesSettings, parse
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.message import Message
 from quorum.pipeline.transaction import Connection, Transaction
 from quorum.rules.stage import RulesStage

@@ -10,7 +10,7 @@ from typing import Any
 import Milter
 import pytest
 
-from quorum.config import parse_config
+from quorum.assembly import parse_config
 from quorum.pipeline.stages import Outcome, Stage
 from quorum.pipeline.transaction import Transaction
 from quorum.service.app import App

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from quorum.config import ConfigError, load_config, parse_config
+from quorum.assembly import load_config, parse_config
+from quorum.config import ConfigError
 from quorum.service import privileges
 from quorum.service.privileges import PrivilegeError, check_identity
 from quorum.service.supervisor import Supervisor

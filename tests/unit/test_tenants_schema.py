@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from quorum.config import Config, ConfigError, parse_config
+from quorum.assembly import parse_config
+from quorum.config import Config, ConfigError
 from quorum.tenants import SchemaContext, parse_fragment
 from quorum.tenants.extensions import DomainExtension, register_extension, unregister_extension
 from quorum.tenants.settings import TenantSettings

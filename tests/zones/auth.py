@@ -178,3 +178,25 @@ def message(
         *(extra or []),
     ]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+# Uncooperative upper levels (DMARC defect 4): NSD serves `bank.<tld>` and `evil.<tld>` but not `<tld>` itself,
+# so `_dmarc.refused` is answered REFUSED, and `broken` is a zone that fails to load, answered SERVFAIL.
+UNCOOPERATIVE_TLDS = ("refused", "broken")
+BROKEN_ZONE = "this is not a zone file\n"
+
+
+def uncooperative_zones() -> dict[str, str]:
+    zones = {"broken": BROKEN_ZONE}
+    for tld in UNCOOPERATIVE_TLDS:
+        zones[f"bank.{tld}"] = zone_text(
+            f"bank.{tld}",
+            [
+                ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
+                ("_dmarc", "TXT", "v=DMARC1; p=reject"),
+                ("mail", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
+            ],
+            ttl=60,
+        )
+        zones[f"evil.{tld}"] = zone_text(f"evil.{tld}", [("@", "TXT", f"v=spf1 ip4:{CLIENT_BAD} -all")], ttl=60)
+    return zones

@@ -122,9 +122,12 @@ class BackscatterStage(Stage):
             return None
         findings = Findings(stage=self.name)
         if state.outbound:
+            findings.log["backscatter"] = "no-message-id"
             for header in message.get_headers("Message-ID")[:1]:
                 recorded = self.store.record(header.value)
                 findings.log["backscatter"] = {True: "recorded", False: "no-message-id", None: "not-recorded"}[recorded]
+            if state.signed_sender:
+                findings.log["batv"] = "signed"  # the log line says why the envelope sender changed
             return findings
         if not state.bounce:
             return None

@@ -1,7 +1,10 @@
-"""Configuration: one TOML file, validated at load with messages that name the key and the fix."""
+"""Configuration: the validated model and the helpers that validate it (a leaf package).
+
+Loading a whole file (engines' and features' tables included) is `quorum.assembly.load_config`.
+"""
 
 from quorum.config.fields import ConfigError, Problems, Table
-from quorum.config.loader import DEFAULT_CONFIG, load_config, parse_config
+from quorum.config.loader import DEFAULT_CONFIG
 from quorum.config.model import Config, EngineSettings, MilterSettings, PolicySettings
 
 __all__ = [
@@ -13,6 +16,4 @@ __all__ = [
     "PolicySettings",
     "Problems",
     "Table",
-    "load_config",
-    "parse_config",
 ]

@@ -1,4 +1,6 @@
-"""Read the TOML file and turn it into a validated `Config`."""
+"""Reading the TOML file and validating the tables Quorum itself owns (`[milter]`, `[policy]`,
+`[replies]`). A leaf: it imports nothing but `quorum.config`; `quorum.assembly` adds the engines'
+and features' tables and builds the `Config`."""
 
 from __future__ import annotations
 
@@ -6,49 +8,33 @@ import grp
 import pwd
 import re
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from quorum.config import model
-from quorum.config.fields import ConfigError, Problems, Table
-from quorum.config.model import Config, EngineSettings, MilterSettings, PolicySettings, ReplyTexts
+from quorum.config.fields import ConfigError, Table
+from quorum.config.model import MilterSettings, PolicySettings, ReplyTexts
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
 _SOCKET = re.compile(r"^(inet:\d{1,5}(@\S+)?|inet6:\d{1,5}(@\S+)?|(unix|local):/\S+)$")
-_ENGINE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_KNOWN_TOP = {"milter", "policy", "engines", "replies"}
 
 
-def load_config(path: str | Path) -> Config:
-    """Load and validate; raises ConfigError listing every problem."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The file's TOML document; ConfigError naming the file and the fix when it cannot be read."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from exc
-    return parse_config(data, str(path))
 
 
-def parse_config(data: Mapping[str, Any], path: str | None = None) -> Config:
-    problems = Problems()
-    root = Table(data, "", problems)
-    milter = _milter(root.table("milter"))
-    policy = _policy(root.table("policy"))
-    replies = parse_replies(root.table("replies"))
-    engines = _engines(root.table("engines"), problems)
-    from quorum.features import FEATURES  # late import: features import config helpers
-
-    features = {f.name: f.parse(root) for f in FEATURES}
-    root.reject_unknown()
-    _cross_checks(milter, policy, engines, problems)
-    if problems.errors:
-        raise ConfigError(problems.errors)
-    return Config(milter, policy, engines, features, replies, tuple(problems.warnings), path)
+def parse_core(root: Table) -> tuple[MilterSettings, PolicySettings, ReplyTexts]:
+    """`[milter]`, `[policy]` and `[replies]`: the tables Quorum itself owns."""
+    return _milter(root.table("milter")), parse_policy(root.table("policy")), parse_replies(root.table("replies"))
 
 
 def _milter(t: Table) -> MilterSettings:
@@ -122,7 +108,7 @@ def _check_accounts(t: Table, settings: MilterSettings) -> None:
             )
 
 
-def _policy(t: Table) -> PolicySettings:
+def parse_policy(t: Table) -> PolicySettings:
     d = PolicySettings()
     settings = PolicySettings(
         on_virus=t.choice("on_virus", d.on_virus, model.VIRUS_ACTIONS),
@@ -155,68 +141,3 @@ def parse_replies(t: Table, base: ReplyTexts | None = None) -> ReplyTexts:
     settings = ReplyTexts(**texts, disclose_virus_name=t.bool("disclose_virus_name", d.disclose_virus_name))
     t.reject_unknown()
     return settings
-
-
-def _engines(t: Table, problems: Problems) -> tuple[EngineSettings, ...]:
-    from quorum.engines import ENGINE_TYPES, adapter_class
-
-    engines: list[EngineSettings] = []
-    for name in t.data:
-        et = t.table(name)
-        if not _ENGINE_NAME.match(name):
-            problems.error(et.path, "engine names may hold letters, digits, '-' and '_' only; rename the table")
-        type_name = et.str("type", "")
-        if not type_name and "type" not in et.data:
-            problems.error(et.key("type"), f"missing; set type to one of {' | '.join(ENGINE_TYPES)}")
-            continue
-        if not type_name:
-            continue
-        try:
-            cls = adapter_class(type_name)
-        except LookupError as exc:
-            problems.error(et.key("type"), str(exc))
-            continue
-        d = EngineSettings(name, type_name)
-        settings = EngineSettings(
-            name=name,
-            type=type_name,
-            enabled=et.bool("enabled", True),
-            timeout=et.duration("timeout", d.timeout, minimum=0.05),
-            max_size=et.size("max_size", cls.default_max_size, minimum=1),
-            mode=et.choice("mode", d.mode, model.ENGINE_MODES),
-            weight=et.float("weight", d.weight, minimum=0.0),
-            threshold=et.opt_float("threshold", minimum=0.0),
-            concurrency=et.int("concurrency", d.concurrency, minimum=1, maximum=1024),
-            breaker_failures=et.int("breaker_failures", d.breaker_failures, minimum=1),
-            breaker_cooldown=et.duration("breaker_cooldown", d.breaker_cooldown, minimum=0.1),
-            options=cls.parse_options(et),
-        )
-        et.reject_unknown()
-        engines.append(settings)
-    return tuple(engines)
-
-
-def _cross_checks(
-    milter: MilterSettings, policy: PolicySettings, engines: tuple[EngineSettings, ...], problems: Problems
-) -> None:
-    from quorum.engines import adapter_class
-    from quorum.verdict import Category
-
-    for e in engines:
-        if not e.enabled:
-            continue
-        if adapter_class(e.type).category is Category.ANTIVIRUS and milter.max_message_size > e.max_size:
-            problems.warn(
-                f"engines.{e.name}.max_size",
-                f"{e.max_size} is below milter.max_message_size ({milter.max_message_size}); "
-                "larger messages pass this engine unscanned (skipped). Raise max_size (and the engine's own "
-                "limit, e.g. clamd StreamMaxLength) or lower max_message_size",
-            )
-    spam_voters = [
-        e for e in engines if e.enabled and e.mode == "vote" and adapter_class(e.type).category is Category.ANTISPAM
-    ]
-    if policy.spam_combine == "quorum" and spam_voters and policy.spam_quorum > len(spam_voters):
-        problems.error(
-            "policy.spam_quorum",
-            f"{policy.spam_quorum} exceeds the {len(spam_voters)} voting antispam engine(s); lower it",
-        )

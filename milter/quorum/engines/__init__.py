@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall
 
 ENGINE_TYPES: dict[str, str] = {
@@ -36,10 +37,8 @@ def adapter_class(type_name: str) -> type[Engine]:
     return cls
 
 
-def build_engine(settings: "EngineSettings") -> Engine:  # noqa: UP037
+def build_engine(settings: EngineSettings) -> Engine:
     return adapter_class(settings.type)(settings)
 
-
-from quorum.config.model import EngineSettings  # noqa: E402
 
 __all__ = ["ENGINE_TYPES", "Engine", "EngineError", "ScanCall", "adapter_class", "build_engine"]

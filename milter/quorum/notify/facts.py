@@ -9,6 +9,17 @@ SUMMARY_HEADERS = ("from", "to", "cc", "subject", "date", "message-id")
 
 
 @dataclass(frozen=True)
+class HeldItem:
+    """One held message in a digest: header facts only (the subject raw, possibly RFC 2047 encoded)."""
+
+    queue_id: str
+    date: str
+    sender: str
+    subject: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class NoticeFacts:
     """Filled by the pipeline at end of message. Never holds the body: notices carry headers at most.
 
@@ -16,6 +27,9 @@ class NoticeFacts:
     `auto_submitted` / `precedence` are the raw header values, None when the header is absent;
     `spf` / `dmarc` are result words ("pass", "fail", "softfail", "none", ...; "" when not checked);
     `header_summary` is (name, raw value) pairs of the original; only From/To/Cc/Subject/Date/Message-ID are used.
+    `held` lists the messages of a digest (event "digest"); empty for notices about one message.
+    `auth_unknown`: SPF/DMARC are configured but their result is missing for this message (the verdict
+    settled before they finished, e.g. a virus found first), so the sender cannot be told from a forgery.
     """
 
     sender: str
@@ -35,6 +49,8 @@ class NoticeFacts:
     auto_submitted: str | None = None
     precedence: str | None = None
     received_at: float = field(default_factory=time.time)
+    held: tuple[HeldItem, ...] = ()
+    auth_unknown: bool = False
 
     def summary(self) -> tuple[tuple[str, str], ...]:
         """The header summary limited to the allowed names (and 6 values each at most)."""

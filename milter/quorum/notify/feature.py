@@ -18,7 +18,18 @@ def parse(root: Table) -> NotifySettings | None:
 def build(config: Any, settings: NotifySettings) -> list[Any]:
     from quorum.notify.stage import NotifyStage
 
-    return [NotifyStage(make_notifier(settings))]
+    return [NotifyStage(make_notifier(settings), auth_checks(config))]
+
+
+def auth_checks(config: Any) -> Any:
+    """Which of SPF/DMARC the auth feature runs (none without `[auth]`)."""
+    from quorum.notify.stage import AuthChecks
+
+    feature = config.feature("auth") if config is not None else None
+    if feature is None or not getattr(feature, "auth_enabled", False):
+        return AuthChecks()
+    auth = feature.auth
+    return AuthChecks(spf=bool(auth.spf), dmarc=bool(auth.dmarc))
 
 
 def make_cap(settings: NotifySettings) -> DailyCap:

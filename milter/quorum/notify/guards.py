@@ -16,6 +16,7 @@ GUARDS = (
     "precedence",
     "spf_fail",
     "dmarc_fail",
+    "auth_unknown",
     "virus_sender",
     "daily_cap",
 )
@@ -65,6 +66,8 @@ def guard(event: str, audience: str, facts: NoticeFacts, *, sender_virus: bool =
         return "spf_fail"
     if facts.dmarc.strip().lower() == "fail":
         return "dmarc_fail"
+    if facts.auth_unknown:  # could be forged: a notice is not worth the risk of backscatter
+        return "auth_unknown"
     if event == "virus" and not sender_virus:
         return "virus_sender"
     return None

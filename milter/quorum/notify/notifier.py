@@ -19,7 +19,7 @@ from quorum.notify.cap import DailyCap
 from quorum.notify.facts import NoticeFacts
 from quorum.notify.guards import guard
 from quorum.notify.message import build_notice
-from quorum.notify.settings import EVENTS, DomainNotify, NotifySettings, valid_address
+from quorum.notify.settings import ALL_EVENTS, DomainNotify, NotifySettings, valid_address
 from quorum.notify.templates import Renderer
 from quorum.notify.transport import SendError, SmtpRelay
 from quorum.notify.variables import variables
@@ -128,7 +128,7 @@ class Notifier:
     def submit(self, event: str, facts: NoticeFacts, policy: DomainNotify) -> bool:
         """Queue the notices `policy` asks for; never blocks, never raises. False if nothing was queued."""
         try:
-            if event not in EVENTS:
+            if event not in ALL_EVENTS:
                 log.error("notify: unknown event %r for queue id %s; nothing sent", event, facts.queue_id)
                 return False
             if not policy.wants(event):

@@ -10,7 +10,9 @@ from pathlib import Path
 from quorum.config.fields import Problems, Table
 from quorum.ratelimit.settings import RedisSettings
 
-EVENTS = ("virus", "quarantine", "rule", "spam_reject")
+EVENTS = ("virus", "quarantine", "rule", "spam_reject")  # about one message, submitted by the stage
+DIGEST = "digest"  # what is held for a recipient, sent by `quorum quarantine digest` (daily, from cron/a timer)
+ALL_EVENTS = (*EVENTS, DIGEST)
 AUDIENCES = ("admin", "recipient", "sender")
 DEFAULT_EVENTS = ("quarantine", "virus")
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$|^[^@\s<>\"]+@localhost$")
@@ -132,15 +134,17 @@ def parse_domain_notify(t: Table) -> DomainNotify:
             t.problems.error(t.key("admin"), f'{address!r} is not a plain address; use e.g. ["postmaster@example.com"]')
     events = t.str_list("events", list(DEFAULT_EVENTS))
     for event in events:
-        if event not in EVENTS:
-            t.problems.error(t.key("events"), f"unknown event {event!r}; use some of {' | '.join(EVENTS)}")
+        if event not in ALL_EVENTS:
+            t.problems.error(t.key("events"), f"unknown event {event!r}; use some of {' | '.join(ALL_EVENTS)}")
     settings = DomainNotify(
         admin=tuple(admin),
         recipient=t.bool("recipient", False),
         sender=t.bool("sender", False),
         sender_virus=t.bool("sender_virus", False),
-        events=tuple(sorted({e for e in events if e in EVENTS})),
+        events=tuple(sorted({e for e in events if e in ALL_EVENTS})),
     )
+    if DIGEST in settings.events and not settings.recipient:
+        t.problems.error(t.key("events"), '"digest" goes to recipients; also set recipient = true, or remove it')
     if settings.sender_virus and not settings.sender:
         t.problems.error(t.key("sender_virus"), "only used with sender = true; set it or remove sender_virus")
     t.reject_unknown()
@@ -148,7 +152,9 @@ def parse_domain_notify(t: Table) -> DomainNotify:
 
 
 __all__ = [
+    "ALL_EVENTS",
     "AUDIENCES",
+    "DIGEST",
     "EVENTS",
     "DomainNotify",
     "NotifySettings",

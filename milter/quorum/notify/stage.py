@@ -9,6 +9,7 @@ refused it), `spam_reject` (refused as spam).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from email.header import decode_header, make_header
 
 from quorum.message import Message
@@ -40,11 +41,26 @@ def event_of(outcome: Outcome) -> str | None:
     return None
 
 
-def facts_of(txn: Transaction, outcome: Outcome, message: Message) -> NoticeFacts:
+@dataclass(frozen=True)
+class AuthChecks:
+    """Which sender checks the auth feature runs, so a missing result can be told from one never asked."""
+
+    spf: bool = False
+    dmarc: bool = False
+
+
+def facts_of(txn: Transaction, outcome: Outcome, message: Message, checks: AuthChecks = AuthChecks()) -> NoticeFacts:
     env = txn.envelope
     d = outcome.decision
     scan = outcome.scan
     auth = scan.auth if scan is not None else None
+    spf = auth.spf if auth is not None and auth.spf is not None else txn.spf  # txn.spf: spf_at = "mail"
+    dmarc = auth.dmarc if auth is not None else None
+    # Authenticated sessions are not checked (their sender is ours); otherwise a check that is
+    # configured but has no result was cut short when the verdict settled early.
+    unknown = not env.auth_user and (
+        (checks.spf and bool(env.client_ip) and spf is None) or (checks.dmarc and dmarc is None)
+    )
     first = {h.name.lower(): h.value for h in reversed(message.headers)}
     rule = next((r.removeprefix("rule ").split(" ")[0] for r in (d.reasons if d else []) if r.startswith("rule ")), "")
     return NoticeFacts(
@@ -59,11 +75,12 @@ def facts_of(txn: Transaction, outcome: Outcome, message: Message) -> NoticeFact
         rule=rule,
         reason="; ".join(d.reasons) if d else "",
         tenant=(txn.policy.domain or "") if txn.policy is not None else "",
-        spf=auth.spf.result if auth is not None and auth.spf is not None else "",
-        dmarc=auth.dmarc.result if auth is not None and auth.dmarc is not None else "",
+        spf=spf.result if spf is not None else "",
+        dmarc=dmarc.result if dmarc is not None else "",
         header_summary=tuple((h.name, h.value) for h in message.headers if h.name.lower() in SUMMARY),
         auto_submitted=first.get("auto-submitted"),
         precedence=first.get("precedence"),
+        auth_unknown=unknown,
     )
 
 
@@ -77,8 +94,9 @@ def _decoded(value: str) -> str:
 class NotifyStage(Stage):
     name = "notify"
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, checks: AuthChecks = AuthChecks()) -> None:
         self.notifier = notifier
+        self.checks = checks
 
     def finished(self, txn: Transaction, outcome: Outcome) -> None:
         policy = txn.policy.extensions.get("notify") if txn.policy is not None else None
@@ -87,7 +105,7 @@ class NotifyStage(Stage):
         event = event_of(outcome)
         if event is None or not policy.wants(event):
             return
-        self.notifier.submit(event, facts_of(txn, outcome, outcome.message), policy)
+        self.notifier.submit(event, facts_of(txn, outcome, outcome.message, self.checks), policy)
 
     def close(self) -> None:
         self.notifier.close(5.0)

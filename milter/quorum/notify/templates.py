@@ -9,7 +9,8 @@ A template is Jinja2 text (sandboxed, no autoescape, undefined names are errors)
 line `Subject: ...` sets the subject. Variables: event, audience (admin|recipient|sender), to,
 sender ("" for <>), recipients (list), subject (RFC 2047 decoded), client ("name [ip]"), client_ip,
 queue_id, verdict, virus_name (joined), virus_names (list), rule, reason, date (RFC 5322),
-tenant, headers (list of [name, value]: From/To/Cc/Subject/Date/Message-ID of the original).
+tenant, headers (list of [name, value]: From/To/Cc/Subject/Date/Message-ID of the original);
+for `digest`: messages (list of {queue_id, date, sender, subject, reason}) and message_count.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from jinja2 import Template
 
 from quorum.notify.isolate import render_isolated
 from quorum.notify.sandbox import RenderError, environment, render_source
-from quorum.notify.settings import EVENTS
+from quorum.notify.settings import ALL_EVENTS
 
 log = logging.getLogger("quorum.notify")
 
@@ -40,6 +41,7 @@ DEFAULT_SUBJECTS = {
     "quarantine": "A message was held",
     "rule": "A message was refused by a filter rule",
     "spam_reject": "A message was refused as spam",
+    "digest": "Messages held for you",
 }
 
 Isolate = Callable[[str, Mapping[str, Any], int, float], str]
@@ -85,7 +87,7 @@ class Renderer:
         self.errors = 0
 
     def candidates(self, event: str, audience: str, tenant: str) -> list[Path]:
-        if self.directory is None or event not in EVENTS:
+        if self.directory is None or event not in ALL_EVENTS:
             return []
         names = [f"{event}-{audience}.txt", f"{event}.txt"]
         dirs = [self.directory]

@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from quorum import metrics
+from quorum.assembly import build_runners, build_stages
 from quorum.config.model import Config
-from quorum.engines import build_engine
-from quorum.features import FEATURES
 from quorum.message import Message, printable
 from quorum.pipeline import output, replies
 from quorum.pipeline.fanout import fan_out
@@ -52,9 +51,9 @@ class Pipeline:
         self.config = config
         cache_settings = config.feature("verdict_cache")
         self.cache = make_cache(cache_settings) if cache_settings is not None else None
-        self.runners = [EngineRunner(build_engine(s), self.cache) for s in config.enabled_engines]
+        self.runners = build_runners(config, self.cache)
         self.policy = Policy(config.policy, {s.name: s for s in config.engines}, config.replies)
-        self.stages: list[Stage] = [stage for feature in FEATURES for stage in feature.build(config)]
+        self.stages: list[Stage] = build_stages(config)
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
         self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
         self.tenants = TenantPolicies(config)

@@ -1,4 +1,4 @@
-"""`quorum quarantine list|show|release|delete|expire`: Quorum's quarantine on Postfix's hold queue.
+"""`quorum quarantine list|show|release|delete|expire|digest`: Quorum's quarantine on Postfix's hold queue.
 
 Exit status: 0 when every requested message was handled, 1 when any failed (nothing is reported as
 released or deleted unless Postfix's queue confirms it), 2 for usage or config errors.
@@ -46,6 +46,9 @@ def add_cli(subparsers: Any, with_config: Callable[[argparse.ArgumentParser], ar
         a = with_config(actions.add_parser(name, help=text))
         a.add_argument("queue_ids", nargs="*", metavar="QID")
         a.add_argument("--domain", help="every held message with a recipient in this domain")
+    dg = with_config(actions.add_parser("digest", help="tell each recipient what is held for them (run daily)"))
+    dg.add_argument("--domain", help="only recipients in this domain")
+    dg.add_argument("--dry-run", action="store_true", help="list who would get a digest, send nothing")
     ex = with_config(actions.add_parser("expire", help="delete held mail older than the retention"))
     ex.add_argument(
         "--older-than", type=parse_age, metavar="AGE", help="e.g. 30d (default: per-domain or [quarantine] retention)"
@@ -86,11 +89,63 @@ def run_cli(args: argparse.Namespace, config: Any) -> int:
             return _report(quarantine.release(args.queue_ids, args.domain))
         if action == "delete":
             return _report(quarantine.delete(args.queue_ids, args.domain))
+        if action == "digest":
+            return _digest(quarantine, config, args.domain, args.dry_run)
         return _report(quarantine.expire(args.older_than))
     except PostfixCommandError as exc:
         quarantine.audit.error(f"user={quarantine.who!r} action={action} result=failed error={str(exc)!r}")
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _digest(quarantine: Quarantine, config: Any, domain: str | None, dry_run: bool) -> int:
+    from quorum.notify.feature import make_notifier
+    from quorum.notify.settings import NotifySettings
+    from quorum.quarantine.digest import plan, send, tenant_notify
+
+    notify = config.feature("notify") if config is not None else None
+    if not isinstance(notify, NotifySettings):
+        print("error: quarantine digest: digests are notices; configure [notify] (relay, from)", file=sys.stderr)
+        return 2
+    lookup, close = tenant_notify(config)
+    try:
+        digests = plan(quarantine.messages(domain), lookup)
+    finally:
+        close()
+    for d in digests:
+        ids = ", ".join(m.queue_id for m in d.messages)
+        print(f"{d.recipient}: {len(d.messages)} held message(s) ({ids}){' [dry run]' if dry_run else ''}")
+    if dry_run:
+        print(f"{len(digests)} digest(s) would be sent")
+        return 0
+    _notice_log_to_stderr()
+    run = send(digests, make_notifier(notify), timeout=max(30.0, 2 * notify.timeout))
+    stats = run.stats
+    suppressed = sum(stats.get("suppressed", {}).values())
+    summary = f"sent={stats.get('sent', 0)} suppressed={suppressed} failed={stats.get('failed', 0)}"
+    if stats.get("dropped"):
+        summary += f" dropped={stats['dropped']}"
+    quarantine.record(
+        "digest",
+        run.queue_ids,
+        "ok" if run.ok else "failed",
+        f"recipients={len(digests)} {summary}" + (f" domain={domain}" if domain else ""),
+    )
+    print(f"{len(digests)} digest(s): {summary}")
+    return 0 if run.ok else 1
+
+
+def _notice_log_to_stderr() -> None:
+    """The notifier's per-notice lines (sent, suppressed by, NOT SENT) are the digest's report."""
+    import logging
+
+    logger = logging.getLogger("quorum.notify")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _list(messages: list[HeldMessage], as_json: bool) -> int:

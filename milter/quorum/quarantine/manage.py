@@ -187,5 +187,9 @@ class Quarantine:
             detail += " failed=" + ",".join(f"{q}:{why!r}" for q, why in result.failed.items())
         self._log(result.action, ids, result.outcome, detail)
 
+    def record(self, action: str, queue_ids: Sequence[str], result: str, detail: str = "") -> None:
+        """The audit line of an action run outside this class (the digest)."""
+        self._log(action, queue_ids, result, detail)
+
     def _log(self, action: str, queue_ids: Sequence[str], result: str, detail: str = "") -> None:
         self.audit.info(audit_line(self.who, action, queue_ids, result, detail))

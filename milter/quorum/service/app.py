@@ -8,7 +8,8 @@ import threading
 import weakref
 
 from quorum import metrics
-from quorum.config import Config, ConfigError, load_config
+from quorum.assembly import load_config
+from quorum.config import Config, ConfigError
 from quorum.pipeline.pipeline import Pipeline, close_parts
 
 log = logging.getLogger("quorum.service")

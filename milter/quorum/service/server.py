@@ -180,7 +180,8 @@ def _connect_once(spec: str) -> None:
 
 
 def main_worker(config_path: str | None) -> int:
-    from quorum.config import ConfigError, load_config
+    from quorum.assembly import load_config
+    from quorum.config import ConfigError
     from quorum.config.loader import DEFAULT_CONFIG
     from quorum.logs import setup_logging
 

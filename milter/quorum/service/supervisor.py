@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from quorum.config import ConfigError, load_config
+from quorum.assembly import load_config
+from quorum.config import ConfigError
 
 log = logging.getLogger("quorum.supervisor")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from quorum.config import model
 from quorum.config.fields import Problems, Table
-from quorum.config.loader import _policy  # the [policy] parser itself: same keys, same messages
+from quorum.config.loader import parse_policy  # the [policy] parser itself: same keys, same messages
 from quorum.config.model import PolicySettings
 from quorum.pipeline.replies import PLACEHOLDERS, ReplyTexts
 from quorum.tenants.extensions import EXTENSIONS
@@ -103,7 +103,7 @@ def parse_domain_table(t: Table, name: str, ctx: SchemaContext) -> DomainEntry:
     _engines(t, ctx, values)
     if "policy" in t.data:
         pt = t.table("policy")
-        parsed = _policy(pt)  # validates every key and rejects unknown ones, exactly like [policy]
+        parsed = parse_policy(pt)  # validates every key and rejects unknown ones, exactly like [policy]
         values.update({f"policy.{k}": getattr(parsed, k) for k in pt.data if k in POLICY_KEYS})
     if "dmarc_enforce" in t.data:
         values["dmarc_enforce"] = t.choice("dmarc_enforce", "off", DMARC_ENFORCE)

@@ -78,13 +78,14 @@ def _redis_settings(root: Table) -> RedisSettings:
 
 def context_from_root(root: Table) -> SchemaContext:
     """The global engines and policy, read again from the raw tables (the loader reports their problems)."""
-    from quorum.config.loader import _engines, _policy
+    from quorum.config.loader import parse_policy
+    from quorum.engines.settings import parse_engines
 
     scratch = Problems()
     raw_policy = root.data.get("policy", {})
     raw_engines = root.data.get("engines", {})
-    policy = _policy(Table(raw_policy if isinstance(raw_policy, Mapping) else {}, "policy", scratch))
-    engines = _engines(Table(raw_engines if isinstance(raw_engines, Mapping) else {}, "engines", scratch), scratch)
+    policy = parse_policy(Table(raw_policy if isinstance(raw_policy, Mapping) else {}, "policy", scratch))
+    engines = parse_engines(Table(raw_engines if isinstance(raw_engines, Mapping) else {}, "engines", scratch), scratch)
     infos: dict[str, EngineInfo] = {}
     from quorum.engines import adapter_class
     from quorum.verdict import Category
