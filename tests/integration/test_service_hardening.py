@@ -226,3 +226,30 @@ def test_crash_with_a_broken_config_on_disk_is_retried_until_fixed(shared_dir: P
         quorum.service.signal(signal.SIGHUP)
         wait_until(quorum._ready, timeout=15)  # how soon: tests/unit/test_supervisor.py
         assert len(quorum.worker_pids()) == 1 and "SIGHUP" in quorum.log_text()
+
+
+def test_a_killed_supervisor_takes_its_worker_along_and_a_new_one_binds(tmp_path: Path) -> None:
+    """A SIGKILLed `quorum run` must not leave an orphan worker holding the socket (and serving with
+    a pipeline nobody supervises): the worker dies with it, and the next `quorum run` binds at once."""
+    first = QuorumProcess(tmp_path / "first", "").start()
+    (worker,) = first.worker_pids()
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        try:
+            os.waitpid(worker, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    stat = Path(f"/proc/{worker}/stat").read_text().split() if Path(f"/proc/{worker}").exists() else ["", "", "X"]
+    assert stat[2] in ("X", "Z"), "the worker outlived its supervisor"
+    second = QuorumProcess(tmp_path / "second", "")
+    second.port = first.port
+    second.write_config("")
+    try:
+        second.start(timeout=15)
+        assert second.worker_pids()
+    finally:
+        second.stop()
+        first.stop()

@@ -66,7 +66,7 @@ def fan_out(
             pending.add(fut)
 
     checks: dict[Future[Findings | None], Stage] = {
-        stage_pool.submit(_examine, stage, txn, message, deadline): stage for stage in stages
+        _submit(stage_pool, stage, txn, message, deadline): stage for stage in stages
     }
     done: dict[str, Verdict] = {}
     found: dict[str, Findings] = {}
@@ -128,6 +128,15 @@ def fan_out(
 def _merge(stages: list[Stage], found: dict[str, Findings]) -> Scan:
     """Merged in stage order, whatever order the checks finished in: the first stage's reply wins."""
     return Scan.merge(found[s.name] for s in stages if s.name in found)
+
+
+def _submit(pool: Executor, stage: Stage, txn: Transaction, message: Message, deadline: float) -> Future[Any]:
+    try:
+        return pool.submit(_examine, stage, txn, message, deadline)
+    except RuntimeError:  # the pool is shut down (stopping): the check did not run
+        done: Future[Any] = Future()
+        done.set_result(Findings(stage.name, log={f"{stage.name}_error": "stopping"}))
+        return done
 
 
 def _examine(stage: Stage, txn: Transaction, message: Message, deadline: float) -> Findings | None:

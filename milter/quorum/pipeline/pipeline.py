@@ -208,7 +208,7 @@ class Pipeline:
             " time=%.0fms txn=%s",
             env.queue_id or "-",
             printable(env.sender),
-            ",".join(f"<{printable(r)}>" for r in env.recipients) or "-",
+            _recipients(env.recipients),
             env.client_ip or "-",
             message.size,
             d.label,
@@ -237,6 +237,12 @@ def expensive(runners: list[EngineRunner], factor: float = 3.0) -> list[EngineRu
         return []
     cheapest = spam[0].cost
     return [r for r in spam[1:] if r.cost >= factor * cheapest]
+
+
+def _recipients(recipients: list[str], shown: int = 20) -> str:
+    """The log line's recipients: the first `shown`, then how many more (10,000 would drown it)."""
+    text = ",".join(f"<{printable(r)}>" for r in recipients[:shown]) or "-"
+    return text + (f",+{len(recipients) - shown} more" if len(recipients) > shown else "")
 
 
 def refused(reply: Reply, label: str, reason: str) -> Result:

@@ -49,7 +49,12 @@ class EngineRunner:
         return self.engine.name
 
     def submit(self, message: Message, call: ScanCall) -> Future[Verdict]:
-        return self.executor.submit(self.run, message, call, call.remaining())
+        try:
+            return self.executor.submit(self.run, message, call, call.remaining())
+        except RuntimeError:  # shut down (stopping, or a replaced pipeline): an answer, not a traceback
+            done: Future[Verdict] = Future()
+            done.set_result(self.engine.verdict(Status.ERROR, error="stopping"))
+            return done
 
     def run(self, message: Message, call: ScanCall, budget: float | None = None) -> Verdict:
         engine = self.engine

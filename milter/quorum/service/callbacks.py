@@ -1,11 +1,12 @@
 """The callback table handed to pymilter, hardened against a peer that breaks the milter protocol.
 
-libmilter runs a callback for any command its state machine lets through, session object or not:
+libmilter runs a callback for any command its state machine lets through, CONNECT seen or not:
 HELO or MAIL before CONNECT (or after QUIT_NC), or RCPT/DATA/BODY after an unknown command, find
-no private context. Those get a clean 451 (CONTINUE where the step has no reply), never an
-AttributeError. An exception inside a callback is logged once and answered 451; in a content step
-(header/body, negotiated without replies) a 451 would be dropped by libmilter together with the
-end of message, so the transaction is aborted there and end of message answers 451.
+no private context (or, after OPTNEG, one without client facts). Those get a clean 451 (CONTINUE
+where the step has no reply), never an AttributeError and never a verdict. An exception inside
+a callback is logged once and answered 451; in a content step (header/body, negotiated without
+replies) libmilter would drop that 451 together with the end of message, so the transaction is
+aborted there and end of message answers 451.
 
 pymilter decodes some arguments itself with strict UTF-8 (connect and HELO hostnames, header
 names, unknown commands, macro values): when that fails the Python callback never runs and
@@ -30,6 +31,9 @@ _OUT_OF_SEQUENCE = ("451", "4.5.0", "milter command out of sequence, please try 
 _FAILED = ("451", "4.3.0", "internal error, please try again later")
 # Steps negotiated without a reply: what to answer there, by the session's protocol bits.
 _NO_REPLY_BIT = {"header": Milter.P_NR_HDR, "body": Milter.P_NR_BODY, "eoh": Milter.P_NR_EOH}
+# Sessions whose CONNECT reached Quorum: any other step before it (after OPTNEG a session object
+# exists, but without client facts) is out of sequence.
+_connected: weakref.WeakSet[Any] = weakref.WeakSet()
 # Sessions whose header/body callback failed in this transaction: end of message answers 451.
 _content_failed: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -54,8 +58,8 @@ def guarded(step: str, call: Callable[..., int]) -> Callable[..., int]:
 
     def callback(ctx: Any, *args: Any) -> int:
         session = ctx.getpriv()
-        if session is None:
-            log.warning("milter %s without a session (before CONNECT?): %s", step, "451" if replies else "ignored")
+        if session is None or session not in _connected:
+            log.warning("milter %s before CONNECT: %s", step, "451" if replies else "ignored")
             return _tempfail(ctx, _OUT_OF_SEQUENCE) if replies else int(Milter.CONTINUE)
         if step in ("mail", "abort"):
             _content_failed.discard(session)
@@ -79,7 +83,9 @@ def guarded(step: str, call: Callable[..., int]) -> Callable[..., int]:
 
 def _connect(ctx: Any, hostname: str, family: int, hostaddr: Any) -> int:
     try:
-        return int(Milter.connect_callback(ctx, hostname, family, hostaddr))
+        answer = int(Milter.connect_callback(ctx, hostname, family, hostaddr))
+        _connected.add(ctx.getpriv())
+        return answer
     except Exception:  # noqa: BLE001
         log.exception("milter connect callback failed; answering 451")
         return _tempfail(ctx, _FAILED)

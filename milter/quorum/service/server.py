@@ -7,6 +7,7 @@ import grp
 import logging
 import os
 import pwd
+import signal
 import socket
 import stat
 import sys
@@ -20,6 +21,7 @@ from quorum import metrics
 from quorum.service.app import App
 from quorum.service.privileges import PrivilegeError, check_identity, drop_privileges
 from quorum.service.session import ACTIONS, QuorumMilter
+from quorum.service.supervisor import EXIT_BIND
 
 log = logging.getLogger("quorum.service")
 # pymilter's C module, reached through Milter: a bare `import milter` would resolve to this
@@ -97,12 +99,14 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
         Path(rest).parent.mkdir(parents=True, exist_ok=True)
     milter.setconn(m.socket)
     milter.setbacklog(256)
-    milter.register(m.name, data=lambda ctx: ctx.getpriv().data(), negotiate=Milter.negotiate_callback)
+    from quorum.service import callbacks
+
+    milter.register(m.name, data=callbacks.data, negotiate=Milter.negotiate_callback)
     try:
         milter.opensocket(True)
     except milter.error as exc:
         log.error("cannot listen on %s: %s", m.socket, exc)
-        return 2
+        return EXIT_BIND
     port = tcp_port(m.socket)
     if port is not None and set_listener_nodelay(port) == 0:
         log.warning("could not set TCP_NODELAY on the milter socket; expect ~80 ms per message")
@@ -115,6 +119,9 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
     except (OSError, KeyError, PrivilegeError) as exc:
         log.error("cannot secure the socket, open the metrics listener or drop privileges: %s", exc)
         return 2
+    if control is not None and not die_with_parent():
+        log.error("the supervising quorum process is gone; exiting")
+        return 1
     if control is not None:
         threading.Thread(target=_control_loop, args=(app, control), name="quorum-control", daemon=True).start()
     log.info("listening on %s; engines: %s", m.socket, ", ".join(r.name for r in app.pipeline.runners) or "none")
@@ -124,6 +131,22 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
         app.close()
     log.info("stopped")
     return 0
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this worker if its supervisor dies (a SIGKILLed `quorum run` must
+    not leave an orphan holding the socket: the next `quorum run` could not bind, and Postfix's
+    `default_action = tempfail` answers 4xx for the sessions cut). Set after the privilege drop,
+    which clears it. False if the parent is already gone."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("cannot tie the worker's life to the supervisor (prctl unavailable)")
+    return parent != 1 and os.getppid() == parent
 
 
 def _control_loop(app: App, control: BinaryIO) -> None:

@@ -40,6 +40,7 @@ ACTIONS = (
     | Milter.ADDRCPT
     | Milter.DELRCPT
 )
+REQUIRED = Milter.ADDHDRS | Milter.CHGHDRS
 _RETURN = {
     Action.REJECT: Milter.REJECT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
@@ -48,6 +49,15 @@ _RETURN = {
 _CONNECT_MACROS = ("j", "{daemon_name}", "{daemon_addr}", "{client_addr}", "{client_name}", "_")
 _MAIL_MACROS = ("{auth_authen}",)
 _QUEUE_ID = ("i",)
+_CONTROL = {i: "?" for i in (*range(32), 127)}  # a macro value never splits a log line
+# The macros Quorum reads, asked for in negotiation (SMFIR_SETSYMLIST): Postfix then sends exactly
+# these, and nothing at HELO, RCPT and before every header (by default a `D i` per header line).
+_SYMLISTS = {
+    Milter.M_CONNECT: _CONNECT_MACROS,
+    Milter.M_ENVFROM: _QUEUE_ID + _MAIL_MACROS,
+    Milter.M_DATA: _QUEUE_ID,
+    Milter.M_EOM: _QUEUE_ID,
+}
 
 
 def strip_angle(addr: bytes) -> str:
@@ -89,6 +99,17 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
         rc = super().negotiate(opts)
         opts[0] &= ACTIONS
         self._actions = opts[0]
+        if opts[0] & REQUIRED != REQUIRED:
+            # Without header edits no verdict can be delivered: refuse the connection, so the MTA
+            # applies its default_action (tempfail) instead of getting unmarked mail.
+            log.error("the MTA grants no header edits (actions 0x%x); refusing the milter connection", opts[0])
+            return Milter.REJECT
+        if self._actions & Milter.SETSYMLIST:
+            try:  # the C call directly: pymilter 1.0.5's Base.setsymlist passes bytes, which it refuses
+                for stage, names in _SYMLISTS.items():
+                    self._ctx.setsymlist(stage, " ".join(names))
+            except Exception:  # noqa: BLE001 - the MTA then sends its configured macros, as before
+                log.debug("setsymlist failed", exc_info=True)
         return rc
 
     # -- envelope ------------------------------------------------------------------------------
@@ -182,6 +203,11 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
         outcome, reply = result.edits.action, result.edits.reply
         try:
             rc = self._apply(result.edits)
+        except Milter.milter.error as exc:  # libmilter refused (the MTA went away, or granted no such action)
+            log.warning("the MTA refused a header edit (%s); answering 451", exc)
+            outcome, reply = Action.TEMPFAIL, replies.INTERNAL_ERROR
+            result.notes.append("header edits failed: answered 451")
+            rc = self._reply(reply)
         except Exception:  # noqa: BLE001 - a half-applied edit is dropped by Postfix with the 4xx
             log.exception("applying the header edits failed; answering 451")
             outcome, reply = Action.TEMPFAIL, replies.INTERNAL_ERROR
@@ -249,9 +275,12 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
 
     def _macros(self, into: dict[str, str], names: tuple[str, ...]) -> None:
         for name in names:
-            value = self.getsymval(name)
+            try:
+                value = self.getsymval(name)
+            except UnicodeDecodeError as exc:  # pymilter decodes macro values strictly as UTF-8
+                value = text(exc.object if isinstance(exc.object, bytes) else bytes(exc.object))
             if value is not None:
-                into[name] = value if isinstance(value, str) else text(value)
+                into[name] = (value if isinstance(value, str) else text(value)).translate(_CONTROL)
 
     def _reply(self, reply: Reply | None) -> int:
         if reply is None:

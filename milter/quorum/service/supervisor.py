@@ -26,6 +26,8 @@ from quorum.config import ConfigError
 
 log = logging.getLogger("quorum.supervisor")
 
+EXIT_BIND = 3  # the worker could not bind its socket (e.g. held by a worker still draining): retried
+
 
 class Supervisor:
     def __init__(self, config_path: str | None, stop_timeout: float, pid_file: str | None) -> None:
@@ -85,6 +87,7 @@ class Supervisor:
             Path(self.pid_file).write_text(f"{os.getpid()}\n")
         backoff = 1.0
         first_start = True
+        self._first = time.monotonic()
         try:
             self.child = self._spawn()
             started = time.monotonic()
@@ -95,7 +98,16 @@ class Supervisor:
                     self._do_reload()
                 code = self.child.poll()
                 if code is not None:
-                    refused = code == 2 and time.monotonic() - started < 5  # a config or socket problem
+                    if code == EXIT_BIND and first_start and time.monotonic() - self._first < self.stop_timeout + 10:
+                        # The socket is still held, e.g. by a worker of a killed `quorum run` finishing its
+                        # sessions: wait for it rather than give up.
+                        log.warning("milter socket busy; retrying for up to %.0fs", self.stop_timeout + 10)
+                        if not self._wait_before_restart(1.0):
+                            return 0
+                        self.child = self._spawn()
+                        started = time.monotonic()
+                        continue
+                    refused = code in (2, EXIT_BIND) and time.monotonic() - started < 5  # config or socket problem
                     if refused and first_start:
                         log.error("milter failed to start (exit %d); fix the problem above and start again", code)
                         return code
