@@ -231,9 +231,16 @@ def test_crash_with_a_broken_config_on_disk_is_retried_until_fixed(shared_dir: P
 def test_a_killed_supervisor_takes_its_worker_along_and_a_new_one_binds(tmp_path: Path) -> None:
     """A SIGKILLed `quorum run` must not leave an orphan worker holding the socket (and serving with
     a pipeline nobody supervises): the worker dies with it, and the next `quorum run` binds at once."""
+    from tests.harness import milter_client as mc
+
     first = QuorumProcess(tmp_path / "first", "").start()
     (worker,) = first.worker_pids()
     assert first.pid is not None
+    held = mc.Connection(first.socket)  # a session in flight: a draining orphan would wait for it
+    held.send(mc.optneg())
+    held.read()
+    held.send(mc.connect(b"client.example"))
+    held.read()
     os.kill(first.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
@@ -251,5 +258,6 @@ def test_a_killed_supervisor_takes_its_worker_along_and_a_new_one_binds(tmp_path
         second.start(timeout=15)
         assert second.worker_pids()
     finally:
+        held.close()
         second.stop()
         first.stop()
