@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quorum.config.fields import Problems, Table
-from quorum.ratelimit.settings import RedisSettings, _redis
+from quorum.config.fields import Table
+from quorum.ratelimit.settings import RedisSettings, shared_redis
 
 ACTIONS = ("reject", "tag", "quarantine", "off")
 MIN_KEY_BYTES = 16
@@ -42,8 +42,7 @@ def parse_settings(root: Table) -> BackscatterSettings | None:
         t.reject_unknown(t.data.keys())
         return None
     d = BackscatterSettings()
-    # [redis] is read (and its problems reported) by the rate limiter; a private copy here avoids doubles.
-    redis = _redis(Table(root.data.get("redis", {}) or {}, "redis", Problems()))
+    redis = shared_redis(root) or RedisSettings()
     key_prefix = t.str("key_prefix", d.key_prefix)
     if "{" in key_prefix or "}" in key_prefix:
         t.problems.error(t.key("key_prefix"), "must not contain '{' or '}' (Redis Cluster hash tags); remove them")

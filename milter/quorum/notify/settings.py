@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 
-from quorum.config.fields import Problems, Table
-from quorum.ratelimit.settings import RedisSettings
+from quorum.config.fields import Table
+from quorum.ratelimit.settings import RedisSettings, shared_redis
 
 EVENTS = ("virus", "quarantine", "rule", "spam_reject")  # about one message, submitted by the stage
 DIGEST = "digest"  # what is held for a recipient, sent by `quorum quarantine digest` (daily, from cron/a timer)
@@ -89,7 +89,7 @@ def parse_settings(root: Table) -> NotifySettings | None:
         render_timeout=t.duration("render_timeout", d.render_timeout, minimum=0.1),
         max_size=t.size("max_size", d.max_size, minimum=1024),
         key_prefix=prefix,
-        redis=_redis(root),
+        redis=shared_redis(root),
         redis_retry=t.duration("redis_retry", d.redis_retry, minimum=0.1),
     )
     t.reject_unknown()
@@ -107,21 +107,6 @@ def _relay(t: Table) -> tuple[str, int]:
         t.problems.error(t.key("relay"), f'{value!r} is not "host:port"; name the notice listener, e.g. "{example}"')
         return NotifySettings().relay
     return host, int(port)
-
-
-def _redis(root: Table) -> RedisSettings | None:
-    """`[redis]` as the rate limiter reads it; its problems are reported once even if both features read it."""
-    if "redis" not in root.data:
-        return None
-    from quorum.ratelimit.settings import _redis as parse_redis
-
-    root.table("redis")  # mark it read for root.reject_unknown()
-    mine = Problems()
-    settings = parse_redis(Table(root.data["redis"], "redis", mine))
-    for error in mine.errors:
-        if error not in root.problems.errors:
-            root.problems.errors.append(error)
-    return settings
 
 
 def parse_domain_notify(t: Table) -> DomainNotify:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from quorum.config.fields import Table
+from quorum.config.fields import Problems, Table
 
 KINDS = ("sender_domain", "recipient_domain", "client_ip", "auth_user")
 DOMAIN_KINDS = ("sender_domain", "recipient_domain", "auth_user")  # may be overridden per domain
@@ -236,6 +236,20 @@ def _host_port(t: Table, name: str, default_port: int) -> tuple[tuple[str, int],
 def parse_redis(t: Table) -> RedisSettings:
     """`[redis]`: one table shared by every feature that keeps state in Redis."""
     return _redis(t)
+
+
+def shared_redis(root: Table) -> RedisSettings | None:
+    """`[redis]` for a feature that uses it (None when absent). Several features read the same
+    table: its problems are reported once, whoever reads it first."""
+    if "redis" not in root.data:
+        return None
+    root.table("redis")  # mark it read for root.reject_unknown()
+    mine = Problems()
+    settings = _redis(Table(root.data["redis"], "redis", mine))
+    for error in mine.errors:
+        if error not in root.problems.errors:
+            root.problems.errors.append(error)
+    return settings
 
 
 def _redis(t: Table) -> RedisSettings:

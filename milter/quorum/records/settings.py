@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quorum.config.fields import Problems, Table
-from quorum.ratelimit.settings import RedisSettings
+from quorum.config.fields import Table
+from quorum.ratelimit.settings import RedisSettings, shared_redis
 
 SHARDS = ("auto", "none", "hour")
 
@@ -56,7 +56,7 @@ def parse_settings(root: Table) -> RecordsSettings | None:
         t.problems.error(t.key("stream"), f"{stream!r}: use a plain key without spaces or braces, e.g. quorum:records")
         stream = d.stream
     settings = RecordsSettings(
-        redis=_redis(root),
+        redis=shared_redis(root) or RedisSettings(),
         stream=stream,
         max_len=t.int("max_len", d.max_len, minimum=100),
         shard=t.choice("shard", d.shard, SHARDS),
@@ -73,16 +73,3 @@ def parse_settings(root: Table) -> RecordsSettings | None:
     return settings
 
 
-def _redis(root: Table) -> RedisSettings:
-    """`[redis]` as the rate limiter reads it; its problems are reported once even if several features read it."""
-    if "redis" not in root.data:
-        return RedisSettings()
-    from quorum.ratelimit.settings import _redis as parse_redis
-
-    root.table("redis")  # mark it read for root.reject_unknown()
-    mine = Problems()
-    settings = parse_redis(Table(root.data["redis"], "redis", mine))
-    for error in mine.errors:
-        if error not in root.problems.errors:
-            root.problems.errors.append(error)
-    return settings

@@ -118,7 +118,8 @@ def qp_bytes(data: bytes, header: bool = False) -> bytes:
 
 def transfer_decode(payload: bytes, encoding: str | None, limit: int) -> tuple[bytes, bool]:
     """(at most `limit` decoded bytes, True if the part was cut), decoding only what is needed."""
-    cte = (encoding or "").strip().lower()
+    cte = (encoding or "").strip().lower().partition("(")[0]  # "base64 (comment)" is allowed
+    cte = cte.split()[0] if cte.split() else ""
     if cte == "base64":
         window = payload[: limit * 2 + 1024]  # base64 (with line breaks and some noise) is < 2x the data
         decoded = base64_bytes(window)

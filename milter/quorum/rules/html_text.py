@@ -20,8 +20,6 @@ import re
 import time
 from typing import Any
 
-from lxml import etree
-
 _BLOCK = frozenset(
     "address article aside blockquote br caption center dd div dl dt fieldset figcaption figure footer form "
     "h1 h2 h3 h4 h5 h6 header hr html body li main nav ol option p pre section table tbody td tfoot th thead "
@@ -67,6 +65,8 @@ class _TextTarget:
 def html_to_text(html: str, deadline: float | None = None) -> str:
     """Visible text of an HTML document or fragment; never raises (on a parser failure, the text
     collected so far is returned). Past `deadline` (time.monotonic()) the rest is not read."""
+    from lxml import etree  # here, not at import: loading the config must not need the HTML parser
+
     target = _TextTarget()
     data = html.encode("utf-8", "replace")  # bytes with a fixed encoding: a <meta charset> cannot re-decode it
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quorum.config.fields import Problems, Table
-from quorum.ratelimit.settings import RedisSettings, _redis
+from quorum.ratelimit.settings import RedisSettings, shared_redis
 from quorum.tenants.schema import DomainEntry, EngineInfo, SchemaContext, parse_domains
 
 STORES = ("file", "redis")
@@ -56,23 +56,10 @@ def parse_settings(root: Table) -> TenantSettings | None:
         cache_size=t.int("cache_size", d.cache_size, minimum=16, maximum=10_000_000),
         backoff=t.duration("backoff", d.backoff, minimum=0.05),
         warn_interval=t.duration("warn_interval", d.warn_interval, minimum=1.0),
-        redis=_redis_settings(root) if store == "redis" else None,
+        redis=(shared_redis(root) or RedisSettings()) if store == "redis" else None,
         domains=parse_domains(root.table("domains"), context_from_root(root)),
     )
     t.reject_unknown()
-    return settings
-
-
-def _redis_settings(root: Table) -> RedisSettings:
-    """`[redis]` through the rate limiter's parser; its problems are reported once if both features read it."""
-    scratch = Problems()
-    settings = _redis(
-        Table(root.data.get("redis", {}) if isinstance(root.data.get("redis"), Mapping) else {}, "redis", scratch)
-    )
-    root.table("redis")  # mark it read
-    for error in scratch.errors:
-        if error not in root.problems.errors:
-            root.problems.errors.append(error)
     return settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quorum.config.fields import Table
-from quorum.ratelimit.settings import RedisSettings, parse_redis
+from quorum.ratelimit.settings import RedisSettings, shared_redis
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def parse_settings(root: Table) -> VerdictCacheSettings | None:
         key_prefix=t.str("key_prefix", d.key_prefix),
         max_parts=t.int("max_parts", d.max_parts, minimum=1, maximum=10000),
         max_size=t.size("max_size", d.max_size, minimum=1024),
-        redis=parse_redis(root.table("redis")) if "redis" in root.data else None,
+        redis=shared_redis(root),
     )
     t.reject_unknown()
     return settings if enabled else None
