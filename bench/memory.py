@@ -1,12 +1,17 @@
-"""Peak memory of `quorum run` while large messages pass through Postfix and ClamAV concurrently.
+"""Peak memory of `quorum run` while large messages pass through Postfix and the engines concurrently.
 
-    .venv/bin/python bench/memory.py [--count 20] [--concurrency 20] [--size-mb 20] [--json]
+    .venv/bin/python bench/memory.py [--messages 20] [--concurrency N] [--size 20M] [--engines clamav|all] [--json]
+    .venv/bin/python bench/memory.py --messages 50 --size 25M --engines all      # issue 13's target
 
-Starts its own clamd, sink, Postfix and Quorum (tests/harness). Limits are raised to fit the
-messages: Postfix `message_size_limit`, Quorum `max_message_size` and the engine's `max_size`,
-and clamd's StreamMaxLength/MaxFileSize/MaxScanSize when the messages would exceed them.
+Starts its own clamd, sink, Postfix and Quorum (tests/harness); with `--engines all` also NSD,
+rspamd and spamd, all three engines voting. Limits are raised to fit the messages: Postfix
+`message_size_limit`, Quorum `max_message_size` and each engine's `max_size`, and clamd's
+StreamMaxLength/MaxFileSize/MaxScanSize when the messages would exceed them (SpamAssassin's
+`max_size` is `--sa-max-size`, by default the message size too: every engine gets every message).
+Concurrency defaults to the number of messages: all of them in flight at once.
 Peak RSS is the kernel's high-water mark (VmHWM in /proc/PID/status) of the supervisor and
-of the milter worker process, read once before the load (idle) and after it.
+of the milter worker process, read once before the load (idle) and after it; the target of
+issue 13 is their sum under 300 MB for 50 concurrent 25 MB messages with all engines.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from smtp_load import run_load  # noqa: E402
+from tests.harness.cascade_corpus import ENGINE_ZONES  # noqa: E402
 from tests.harness.clamd import Clamd  # noqa: E402
+from tests.harness.dns import DnsServer  # noqa: E402
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.quorum import QuorumProcess, engine_table  # noqa: E402
+from tests.harness.rspamd import Rspamd  # noqa: E402
 from tests.harness.sink import Sink  # noqa: E402
+from tests.harness.spamd import Spamd  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -60,9 +69,17 @@ def status_kb(pid: int, field: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def parse_size(text: str) -> int:
+    """`25M`, `512K`, `1G` or bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)i?B?", text.strip(), re.I)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a size like 25M, 512K or 1000000")
+    return int(float(match.group(1)) * {"": 1, "K": 1024, "M": MB, "G": 1024 * MB}[match.group(2).upper()])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    size = args.size_mb * MB
-    limit_mb = int(args.size_mb * 1.5) + 1  # headroom for Received:/our headers and the envelope
+    size = args.size
+    limit_mb = int(size * 1.5 / MB) + 1  # headroom for Received:/our headers and the envelope
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quorum-memory-")))
         clamd = stack.enter_context(BigClamd(work / "clamd", limit_mb))
@@ -72,6 +89,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         body = '[policy]\non_virus = "reject"\non_engine_failure = "tempfail"\n\n' + engine_table(
             "clamav", "clamav", address=clamd.address, max_size=f"{limit_mb}M", timeout="120s"
         )
+        if args.engines == "all":
+            dns = stack.enter_context(DnsServer(work / "dns", ENGINE_ZONES))
+            rspamd = stack.enter_context(Rspamd(work / "rspamd", dns.port))
+            spamd = stack.enter_context(Spamd(work / "spamd"))
+            sa_max = args.sa_max_size if args.sa_max_size is not None else limit_mb * MB
+            body += engine_table("rspamd", "rspamd", url=rspamd.url, max_size=f"{limit_mb}M", timeout="170s")
+            body += engine_table("spamassassin", "spamassassin", address=spamd.address, max_size=sa_max, timeout="170s")
         extra = f'max_message_size = "{limit_mb}M"\nscan_deadline = "180s"\n'
         proc = stack.enter_context(QuorumProcess(work / "quorum", body, milter_extra=extra))
         postfix.set_milter(proc.postfix_address)
@@ -94,8 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampler.start()
         load = run_load(
             postfix.smtp_port,
-            args.count,
-            args.concurrency,
+            args.messages,
+            args.concurrency or args.messages,
             size,
             per_session=1,
             delivered=sink.count,
@@ -105,16 +129,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         sampler.join()
         peak = {"supervisor": status_kb(supervisor, "VmHWM"), "worker": status_kb(worker, "VmHWM")}
-        verdicts = sorted({m.header("X-Quorum-Verdict") or "-" for m in sink.messages()})
+        delivered_messages = sink.messages()
+        if load["replies"].get(250, 0) < args.messages:
+            print("quorum log (tail), not every message was accepted:", file=sys.stderr)
+            print(proc.log_text()[-4000:], file=sys.stderr)
+        verdicts = sorted({m.header("X-Quorum-Verdict") or "-" for m in delivered_messages})
+        engines = sorted({_engine_labels(m.header("X-Quorum-Engines") or "-") for m in delivered_messages})
         smtp_seconds = load["smtp_seconds"]
         return {
-            "count": args.count,
-            "concurrency": args.concurrency,
+            "count": args.messages,
+            "concurrency": args.concurrency or args.messages,
+            "engines": args.engines,
             "message_bytes": load["size"],
             "warmup_reply": warm["replies"],
             "replies": load["replies"],
             "delivered": load.get("delivered", 0),
             "x_quorum_verdict": verdicts,
+            "x_quorum_engines": engines,
             "smtp_seconds": smtp_seconds,
             "smtp_msg_per_s": load["smtp_msg_per_s"],
             "delivered_msg_per_s": load.get("delivered_msg_per_s", 0.0),
@@ -126,19 +157,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def _engine_labels(value: str) -> str:
+    """`clamav=clean, rspamd=clean(1.20/15.00)` without the scores: one entry per kind of outcome."""
+    return re.sub(r"\(-?[\d.]+/[\d.]+[^)]*\)", "", value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--size-mb", type=int, default=20)
+    parser.add_argument("--messages", "--count", dest="messages", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=0, help="SMTP sessions at once (default: --messages)")
+    parser.add_argument("--size", type=parse_size, default=20 * MB, help="message size, e.g. 25M (default 20M)")
+    parser.add_argument("--size-mb", type=int, help="message size in MiB (old spelling of --size)")
+    parser.add_argument("--engines", choices=("clamav", "all"), default="clamav")
+    parser.add_argument("--sa-max-size", type=parse_size, help="SpamAssassin's max_size (default: fits the messages)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.size_mb is not None:
+        args.size = args.size_mb * MB
     r = run(args)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
     print(f"{r['count']} messages of {r['message_bytes'] / MB:.1f} MiB, {r['concurrency']} concurrent SMTP sessions")
+    print(f"engines: {r['engines']}")
     print(f"replies: {r['replies']}  delivered: {r['delivered']}  X-Quorum-Verdict: {r['x_quorum_verdict']}")
+    print(f"X-Quorum-Engines: {r['x_quorum_engines']}")
     print(
         f"throughput: {r['smtp_msg_per_s']} msg/s accepted ({r['mb_per_s']} MiB/s), "
         f"{r['delivered_msg_per_s']} msg/s delivered"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_CONFIG", "build_runners", "build_stages", "load_config", "parse_config"]
 
+
 def load_config(path: str | Path) -> Config:
     """Load and validate; raises ConfigError listing every problem."""
     return parse_config(read_toml(path), str(path))

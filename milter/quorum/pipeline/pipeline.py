@@ -184,33 +184,34 @@ class Pipeline:
         """The milter answered `outcome` (the edits applied, or a 451 because they failed)."""
         result.outcome = outcome
         d = result.decision
-        ended = Outcome(outcome, reply, d, result.scan, message.size, result.elapsed, message)
+        size = message.size  # joins every header: computed once per message
+        ended = Outcome(outcome, reply, d, result.scan, size, result.elapsed, message)
         if txn.open:
             txn.open = False
             self._notify("finished", txn, ended)
         if self.config.milter.log_format == "json":
             msglog.info("%s", json_line(txn, ended, result.notes))
         else:
-            self._log(txn, message, result, reply)
+            self._log(txn, size, result, reply)
         if result.edits.quarantine and outcome is Action.QUARANTINE:
             msglog.warning("qid=%s quarantined: %s", txn.envelope.queue_id or "-", result.edits.quarantine)
         tenant = txn.policy.domain if txn.policy is not None else None
         metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed, tenant=tenant)
 
-    def _log(self, txn: Transaction, message: Message, result: Result, reply: Reply | None) -> None:
+    def _log(self, txn: Transaction, size: int, result: Result, reply: Reply | None) -> None:
         env = txn.envelope
         d = result.decision
         engines = ",".join(f"{v.engine}:{v.label()}:{v.elapsed * 1000:.0f}ms" for v in d.verdicts)
-        facts = " ".join(f"{k}={printable(v)}" for k, v in result.scan.log.items())
+        facts = " ".join(f"{k}={_printable(v)}" for k, v in result.scan.log.items())
         reasons = d.reasons + result.notes
         msglog.info(
             "qid=%s from=<%s> to=%s client=%s size=%d verdict=%s action=%s%s engines=%s%s%s reason=%r%s"
             " time=%.0fms txn=%s",
             env.queue_id or "-",
-            printable(env.sender),
+            _printable(env.sender),
             _recipients(env.recipients),
             env.client_ip or "-",
-            message.size,
+            size,
             d.label,
             result.outcome or d.action,
             f" reply={printable(str(reply))!r}" if reply else "",
@@ -241,8 +242,13 @@ def expensive(runners: list[EngineRunner], factor: float = 3.0) -> list[EngineRu
 
 def _recipients(recipients: list[str], shown: int = 20) -> str:
     """The log line's recipients: the first `shown`, then how many more (10,000 would drown it)."""
-    text = ",".join(f"<{printable(r)}>" for r in recipients[:shown]) or "-"
+    text = ",".join(f"<{_printable(r)}>" for r in recipients[:shown]) or "-"
     return text + (f",+{len(recipients) - shown} more" if len(recipients) > shown else "")
+
+
+def _printable(value: str) -> str:
+    """`printable` with a fast path for the common case, plain printable ASCII (nothing to escape)."""
+    return value if value.isascii() and value.isprintable() else printable(value)
 
 
 def refused(reply: Reply, label: str, reason: str) -> Result:

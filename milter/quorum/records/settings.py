@@ -71,5 +71,3 @@ def parse_settings(root: Table) -> RecordsSettings | None:
     if "redis" not in root.data:
         t.problems.error("records", 'records go to a Redis Stream: add [redis] (e.g. url = "redis://127.0.0.1:6379/0")')
     return settings
-
-

@@ -6,9 +6,12 @@ a new database makes every old entry unreachable. An engine without a version is
 
 - single-part: one key (the decoded body); a hit answers without a scan.
 - multipart: a key per decoded attachment. A cached infected attachment answers at once; when every
-  attachment is cached clean only the text parts are scanned; otherwise the whole message is
-  scanned once, and its verdict stored for the attachments (clean), or — on a find — each unknown
-  attachment is scanned on its own so the infected one is named and stored.
+  attachment is cached clean the message is scanned with those attachments emptied (its structure
+  and other parts as received); otherwise the whole message is scanned once, and its verdict stored
+  for the attachments (clean), or — on a find — each unknown attachment is scanned on its own, as
+  the exact file it is, so the infected one is named. Those verdicts are stored only when one of
+  them is the find: when no attachment alone is infected, the find lies in the rest of the message
+  or in the combination, and nothing is stored (a clean entry would hide it next time).
 
 Spam verdicts are never cached: they depend on the envelope, headers, client and DNS, so two
 messages with the same attachments are not the same question for rspamd or SpamAssassin.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from quorum.engines.base import Engine, ScanCall
-from quorum.message import Message
+from quorum.message import BodySpool, Envelope, Message
 from quorum.verdict import Status, Verdict
 from quorum.verdictcache.content import content_of
 from quorum.verdictcache.store import VerdictStore
@@ -71,7 +74,7 @@ class CachedScan:
             if hits.get(key, CLEAN) != CLEAN:
                 return decode(engine, hits[key])
         if all(k in hits for k in keys):  # every attachment known clean: scan what else there is
-            rest = Message.from_bytes(b"\r\n\r\n" + b"\r\n".join(content.text), message.envelope)
+            rest = Message.from_bytes(content.rest, message.envelope)
             try:
                 verdict = engine.scan(rest, call)
             finally:
@@ -91,15 +94,31 @@ class CachedScan:
         for key, data in parts:
             if call.remaining() <= 0:
                 return
-            part = Message.from_bytes(b"\r\n\r\n" + data, message.envelope)
+            part = exact(data, message.envelope)
             try:
                 found[key] = engine.scan(part, call)
             except Exception:  # noqa: BLE001 - attribution is best effort: the message verdict stands
                 return
             finally:
                 part.close()
-        self._store(found)
+        if any(v.status is Status.INFECTED for v in found.values()):
+            self._store(found)
 
     def _store(self, verdicts: dict[str, Verdict]) -> None:
         entries = {k: e for k, v in verdicts.items() if (e := encode(v)) is not None}
         self.store.put_many(entries)
+
+
+class _Exact(Message):
+    """A message that is exactly its body on the wire: no header block, not even the blank line."""
+
+    def header_bytes(self) -> bytes:
+        return b""
+
+
+def exact(data: bytes, envelope: Envelope) -> Message:
+    """A decoded attachment as the file it is (byte for byte: no line-end conversion, nothing
+    before it), so an engine sees what it sees when it unpacks the attachment from the mail."""
+    spool = BodySpool()
+    spool.write(data)
+    return _Exact(envelope, [], spool)
