@@ -112,7 +112,9 @@ class Supervisor:
                         log.error("milter failed to start (exit %d); fix the problem above and start again", code)
                         return code
                     first_start = False
-                    delay = backoff
+                    # A worker that served a while and then died (a crash) is replaced at once: every
+                    # second without it is mail answered 4xx. Only a crash loop backs off.
+                    delay = 0.0 if not refused and time.monotonic() - started >= 10 else backoff
                     if refused and self._valid_at > started:
                         delay = 0.0  # a SIGHUP found the file fixed while this start was failing
                     if refused:
