@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 import threading
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sa_max = args.sa_max_size if args.sa_max_size is not None else limit_mb * MB
             body += engine_table("rspamd", "rspamd", url=rspamd.url, max_size=f"{limit_mb}M", timeout="170s")
             body += engine_table("spamassassin", "spamassassin", address=spamd.address, max_size=sa_max, timeout="170s")
+        if args.auth:  # DKIM verification on (SPF/DMARC off: no DNS needed); unsigned mail, as the load sends
+            body += "\n[auth]\nspf = false\ndmarc = false\ndkim = true\n"
         extra = f'max_message_size = "{limit_mb}M"\nscan_deadline = "180s"\n'
         proc = stack.enter_context(QuorumProcess(work / "quorum", body, milter_extra=extra))
         postfix.set_milter(proc.postfix_address)
@@ -133,13 +136,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if load["replies"].get(250, 0) < args.messages:
             print("quorum log (tail), not every message was accepted:", file=sys.stderr)
             print(proc.log_text()[-4000:], file=sys.stderr)
-        verdicts = sorted({m.header("X-Quorum-Verdict") or "-" for m in delivered_messages})
-        engines = sorted({_engine_labels(m.header("X-Quorum-Engines") or "-") for m in delivered_messages})
+        verdicts = dict(Counter(m.header("X-Quorum-Verdict") or "-" for m in delivered_messages).most_common())
+        engines = dict(
+            Counter(_engine_labels(m.header("X-Quorum-Engines") or "-") for m in delivered_messages).most_common()
+        )
         smtp_seconds = load["smtp_seconds"]
         return {
             "count": args.messages,
             "concurrency": args.concurrency or args.messages,
-            "engines": args.engines,
+            "engines": args.engines + (" + [auth] dkim" if args.auth else ""),
             "message_bytes": load["size"],
             "warmup_reply": warm["replies"],
             "replies": load["replies"],
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, help="message size in MiB (old spelling of --size)")
     parser.add_argument("--engines", choices=("clamav", "all"), default="clamav")
     parser.add_argument("--sa-max-size", type=parse_size, help="SpamAssassin's max_size (default: fits the messages)")
+    parser.add_argument("--auth", action="store_true", help="also [auth] with DKIM verification on (up to 5M)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.size_mb is not None:
@@ -181,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['count']} messages of {r['message_bytes'] / MB:.1f} MiB, {r['concurrency']} concurrent SMTP sessions")
     print(f"engines: {r['engines']}")
     print(f"replies: {r['replies']}  delivered: {r['delivered']}  X-Quorum-Verdict: {r['x_quorum_verdict']}")
-    print(f"X-Quorum-Engines: {r['x_quorum_engines']}")
+    print("X-Quorum-Engines of the delivered messages (count):")
+    for value, n in r["x_quorum_engines"].items():
+        print(f"  {n:4}  {value}")
     print(
         f"throughput: {r['smtp_msg_per_s']} msg/s accepted ({r['mb_per_s']} MiB/s), "
         f"{r['delivered_msg_per_s']} msg/s delivered"

@@ -24,7 +24,7 @@ import time
 
 from quorum.access.stage import OK
 from quorum.auth import results
-from quorum.auth.dkim import DkimResult, not_verified, verify_dkim
+from quorum.auth.dkim import DkimResult, not_verified, signature_headers, verify_dkim
 from quorum.auth.dmarc import DmarcResult, evaluate
 from quorum.auth.resolver import Resolver
 from quorum.auth.settings import AuthSettings
@@ -84,6 +84,8 @@ class AuthStage(Stage):
         if s.dkim:
             if message.truncated:
                 dkim = not_verified(message.headers, "not verified: body not stored whole", s.dkim_max_signatures)
+            elif not signature_headers(message.headers):
+                dkim = []  # unsigned: nothing to verify, and no reason to read the whole message
             elif message.size > s.dkim_max_size:
                 dkim = not_verified(message.headers, "not verified: message above dkim_max_size", s.dkim_max_signatures)
             else:
