@@ -176,17 +176,29 @@ def test_truncated_message_is_never_judged_as_if_whole(dns: FakeResolver, key: D
     assert ctx.log["dmarc_action"] == "none(body not stored whole)"
 
 
+def test_unsigned_mail_is_not_read_for_dkim(dns: FakeResolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DKIM-Signature: nothing to verify, so the message is not read whole (memory: issue 13)."""
+    import quorum.auth.stage as mod
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("verify_dkim called for an unsigned message")
+
+    monkeypatch.setattr(mod, "verify_dkim", never)
+    ctx, _ = run(make(dns), message("a@none.test"))
+    assert "dkim=none" in ar(ctx)
+
+
 def test_no_client_address_means_no_spf(dns: FakeResolver) -> None:
     ctx, _ = run(make(dns), message("a@none.test"), ip="")
     assert "spf=" not in ar(ctx) and "spf" not in ctx.log
 
 
-def test_checker_bug_is_contained(dns: FakeResolver, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checker_bug_is_contained(dns: FakeResolver, key: DkimKey, monkeypatch: pytest.MonkeyPatch) -> None:
     import quorum.auth.stage as mod
 
     def boom(*_: object, **__: object) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(mod, "verify_dkim", boom)
-    ctx, _ = run(make(dns), message("a@none.test"))
+    ctx, _ = run(make(dns), key.sign(message("a@none.test")))
     assert ctx.log["auth_error"] == "RuntimeError"
