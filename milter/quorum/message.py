@@ -21,13 +21,14 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
 
+_CONTROL_TO_QUESTION = {i: "?" for i in range(32)}
+
+
 def printable(value: str) -> str:
     """A log-safe form of a value that may hold surrogate escapes or control characters."""
-    return (
-        value.encode("utf-8", "backslashreplace")
-        .decode("ascii", "backslashreplace")
-        .translate({i: "?" for i in range(32)})
-    )
+    if value.isascii() and value.isprintable():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace").translate(_CONTROL_TO_QUESTION)
 
 
 def client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -190,9 +191,13 @@ class Message:
     headers: list[Header]
     body: BodySpool
     truncated: bool = False  # the body was not spooled past max_message_size
+    _head: bytes | None = field(default=None, repr=False, compare=False)
 
     def header_bytes(self) -> bytes:
-        return b"".join(h.to_bytes() for h in self.headers) + b"\r\n"
+        """The header block as received (computed once: the headers are complete at end-of-data)."""
+        if self._head is None:
+            self._head = b"".join(h.to_bytes() for h in self.headers) + b"\r\n"
+        return self._head
 
     @property
     def size(self) -> int:

@@ -69,6 +69,9 @@ class AccessStage(Stage):
         txn.access[recipient.lower()] = cls
         return None
 
+    def wants(self, txn: Transaction) -> bool:
+        return self.header is not None or txn.access_class().name == OK
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
         found = Findings(self.name)
         first = txn.access_class()

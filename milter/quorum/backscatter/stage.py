@@ -114,6 +114,10 @@ class BackscatterStage(Stage):
         state.unverified.append(recipient)
         return None
 
+    def wants(self, txn: Transaction) -> bool:
+        state = self._state(txn)
+        return state is not None and (state.outbound or state.bounce)  # ordinary inbound mail: nothing
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         from quorum.pipeline.transaction import Findings
 

@@ -65,13 +65,14 @@ def fan_out(
             calls[fut] = (runner, call)
             pending.add(fut)
 
-    checks: dict[Future[Findings | None], Stage] = {
-        _submit(stage_pool, stage, txn, message, deadline): stage for stage in stages
-    }
     done: dict[str, Verdict] = {}
     found: dict[str, Findings] = {}
-    pending: set[Future[Any]] = set(checks)
+    pending: set[Future[Any]] = set()
     submit(first)
+    checks: dict[Future[Findings | None], Stage] = {
+        _submit(stage_pool, stage, txn, message, deadline): stage for stage in stages if stage.wants(txn)
+    }
+    pending |= set(checks)
     waiting = bool(later)
     early_exit = False
     next_progress = start + progress_interval

@@ -94,6 +94,11 @@ class Stage:
     def data(self, txn: Transaction) -> Reply | None:
         return None
 
+    def wants(self, txn: Transaction) -> bool:
+        """Whether `examine` has anything to do for this transaction: a check that would return
+        nothing is not handed to a worker thread at all (the hand-off costs more than it does)."""
+        return type(self).examine is not Stage.examine
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         return None
 

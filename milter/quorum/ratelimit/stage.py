@@ -53,6 +53,9 @@ class RateLimitStage(Stage):
         txn.reservation = decision.reservation
         return None
 
+    def wants(self, txn: Transaction) -> bool:
+        return txn.reservation is not None and txn.reservation.source == "local"
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         if txn.reservation is not None and txn.reservation.source == "local":
             return Findings(self.name, log={"ratelimit": "local"})  # counted in-process: Redis was unavailable

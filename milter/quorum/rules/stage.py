@@ -28,6 +28,9 @@ class RulesStage(Stage):
         self.settings = settings
         self.texts = texts
 
+    def wants(self, txn: Transaction) -> bool:
+        return bool(self.settings.rules) or (txn.policy is not None and bool(txn.policy.rules))
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         tenant_rules = tuple(txn.policy.rules) if txn.policy is not None else ()
         rules = self.settings.rules + tenant_rules
