@@ -57,11 +57,24 @@ class RedisServer:
         with self.client() as c:
             return bool(c.ping())
 
-    def start(self) -> RedisServer:
-        conf = self.workdir / "redis.conf"
-        values = {"BIND": "127.0.0.1", "PORT": str(self.port), "DIR": str(self.workdir)}
-        conf.write_text(_render("redis.conf", values, self.extra_conf))
-        self.service.spawn(["redis-server", str(conf)], ready=self._ping, timeout=30)
+    def start(self, attempts: int = 3) -> RedisServer:
+        """Start; a port taken meanwhile (free_port() only says it was free a moment ago) is
+        replaced by a fresh one, for the node's port and its cluster bus port alike."""
+        for attempt in range(attempts):
+            conf = self.workdir / "redis.conf"
+            values = {"BIND": "127.0.0.1", "PORT": str(self.port), "DIR": str(self.workdir)}
+            conf.write_text(_render("redis.conf", values, self.extra_conf))
+            try:
+                self.service.spawn(["redis-server", str(conf)], ready=self._ping, timeout=30)
+                return self
+            except RuntimeError as exc:
+                if attempt + 1 == attempts or "Address already in use" not in self.service.log_tail():
+                    raise
+                print(f"redis on {self.port}: {exc.__class__.__name__}, retrying on a fresh port")
+                (self.workdir / "nodes.conf").unlink(missing_ok=True)
+                self.port = free_port()
+                if "cluster-port" in self.extra_conf:
+                    self.extra_conf["cluster-port"] = str(free_port())
         return self
 
     def stop(self) -> None:
