@@ -263,3 +263,25 @@ def test_check_config_as_a_program(tmp_path: Path) -> None:
         [sys.executable, "-m", "quorum", "check-config", "-c", str(DEFAULT_CONFIG)], capture_output=True, text=True
     )
     assert good.returncode == 0, good.stderr
+
+
+def test_operator_snippets_never_accept_unscanned_mail() -> None:
+    """Defect 12: every milter spec an operator may paste from postfix-conf/ fails closed."""
+    import re
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "postfix-conf"
+    for name in ("main.cf", "master.cf"):
+        text = (conf / name).read_text()
+        specs = re.findall(r"default_action\s*=\s*(\w+)", text)
+        assert specs and set(specs) == {"tempfail"}, (name, specs)
+
+
+def test_check_config_warns_when_dkim_could_judge_a_cut_body() -> None:
+    """Defect 3: dkim_max_size above max_message_size with on_oversize = "accept" is inconsistent."""
+    config = parse_config(
+        {"milter": {"max_message_size": "1M", "on_oversize": "accept"}, "auth": {"dkim_max_size": "5M"}}
+    )
+    assert any(w.startswith("auth.dkim_max_size:") for w in config.warnings), config.warnings
+    quiet = parse_config({"milter": {"max_message_size": "10M"}, "auth": {"dkim_max_size": "5M"}})
+    assert not any("dkim_max_size" in w for w in quiet.warnings)
