@@ -135,20 +135,9 @@ class Findings:
 
 
 @dataclass
-class Scan:
-    """Everything the stages found about one message, merged (read by the policy and the output)."""
-
-    votes: list[Verdict] = field(default_factory=list)
-    skip_spam: bool = False
-    spam_flag: bool = False
-    hold: bool = False
-    reply: Reply | None = None
-    reasons: list[str] = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    log: dict[str, str] = field(default_factory=dict)
-    auth: AuthFindings | None = None
-    dnsbl: DnsblCheck | None = None
-    rules: RuleResult | None = None
+class Scan(Findings):
+    """Everything the stages found about one message, merged in stage order (read by the policy
+    and the output): the first stage's reply wins, its reason joins the others."""
 
     @classmethod
     def merge(cls, findings: Iterable[Findings]) -> Scan:
