@@ -30,7 +30,7 @@ from quorum.auth.resolver import Resolver  # noqa: E402
 from quorum.auth.settings import AuthSettings, DnsSettings  # noqa: E402
 from quorum.auth.stage import AuthStage  # noqa: E402
 from quorum.message import Envelope, Message  # noqa: E402
-from quorum.pipeline.stages import ScanContext, Session  # noqa: E402
+from quorum.pipeline.transaction import Connection, Transaction  # noqa: E402
 
 
 def workload(keys: dict[str, z.DkimKey], count: int) -> list[tuple[bytes, str, str]]:
@@ -58,9 +58,8 @@ def run(stage: AuthStage, work: list[tuple[bytes, str, str]]) -> list[float]:
     for raw, ip, sender in work:
         env = Envelope(client_ip=ip, helo="mx.client.test", sender=sender, recipients=["u@rcpt.test"])
         msg = Message.from_bytes(raw, env)
-        ctx = ScanContext()
         start = time.perf_counter()
-        stage.examine(Session(envelope=env), msg, ctx, time.monotonic() + 30)
+        ctx = stage.examine(Transaction(Connection(ip), env), msg, time.monotonic() + 30)
         times.append(time.perf_counter() - start)
         assert ctx.headers and "auth_error" not in ctx.log, ctx.log
     return times

@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
 from tests.harness.cascade_corpus import (  # noqa: E402
-    ENGINE_ZONES,
     MODES,
     TESTFILES,
     Row,
@@ -44,7 +43,7 @@ from tests.harness.cascade_corpus import (  # noqa: E402
     totals,
     warmup_messages,
 )
-from tests.harness.dns import DnsServer  # noqa: E402
+from tests.harness.dns import ENGINE_ZONES, DnsServer  # noqa: E402
 from tests.harness.labelled_corpus import build_corpus, messages  # noqa: E402
 from tests.harness.redis_server import RedisServer  # noqa: E402
 from tests.harness.rspamd import Rspamd  # noqa: E402

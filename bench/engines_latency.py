@@ -35,7 +35,7 @@ from quorum.assembly import parse_config  # noqa: E402
 from quorum.engines import Engine, ScanCall, build_engine  # noqa: E402
 from quorum.message import Envelope, Message  # noqa: E402
 from quorum.pipeline.pipeline import Pipeline  # noqa: E402
-from quorum.pipeline.stages import Session  # noqa: E402
+from quorum.pipeline.transaction import Connection, Transaction  # noqa: E402
 from quorum.verdict import Status  # noqa: E402
 
 SINGLES = ("clamav", "rspamd", "spamassassin")
@@ -82,12 +82,13 @@ def pipeline_scanner(
             "engines": {n: tables[n] for n in names},
         }
     )
-    pipeline = Pipeline(config, pool)
+    pipeline = Pipeline(config)
 
     def scan(sample: Sample) -> str:
         message = Message.from_bytes(sample.raw, envelope(sample))
         try:
-            result = pipeline.check(Session(envelope(sample)), message)
+            env = message.envelope
+            result = pipeline.check(Transaction(Connection(env.client_ip), env), message)
         finally:
             message.close()
         errors = [v.engine for v in result.decision.verdicts if v.status is Status.ERROR]
@@ -129,7 +130,7 @@ def direct_scanner(
 
 def start_services(stack: contextlib.ExitStack, addresses: dict[str, str | None]) -> dict[str, str]:
     from tests.harness.clamd import Clamd
-    from tests.harness.dns import DnsServer, zone_text
+    from tests.harness.dns import ENGINE_ZONES, DnsServer
     from tests.harness.rspamd import Rspamd
     from tests.harness.spamd import Spamd
 
@@ -141,20 +142,7 @@ def start_services(stack: contextlib.ExitStack, addresses: dict[str, str | None]
         out["clamav"] = clamd.address
     if addresses["rspamd"] is None:
         print("starting nsd + rspamd ...", flush=True)
-        zones = {
-            "example.com": zone_text(
-                "example.com",
-                [
-                    ("@", "A", "192.0.2.1"),
-                    ("@", "MX", "10 mail.example.com."),
-                    ("mail", "A", "192.0.2.1"),
-                    ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
-                ],
-            ),
-            "example.org": zone_text("example.org", [("@", "MX", "10 mail.example.org."), ("mail", "A", "192.0.2.2")]),
-            "2.0.192.in-addr.arpa": zone_text("2.0.192.in-addr.arpa", [("1", "PTR", "mail.example.com.")]),
-        }
-        dns = stack.enter_context(DnsServer(work / "dns", zones))
+        dns = stack.enter_context(DnsServer(work / "dns", ENGINE_ZONES))
         rspamd = stack.enter_context(Rspamd(work / "rspamd", dns.port))
         out["rspamd"] = rspamd.url
     if addresses["spamassassin"] is None:

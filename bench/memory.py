@@ -31,9 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from smtp_load import run_load  # noqa: E402
-from tests.harness.cascade_corpus import ENGINE_ZONES  # noqa: E402
 from tests.harness.clamd import Clamd  # noqa: E402
-from tests.harness.dns import DnsServer  # noqa: E402
+from tests.harness.dns import ENGINE_ZONES, DnsServer  # noqa: E402
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.quorum import QuorumProcess, engine_table  # noqa: E402
 from tests.harness.rspamd import Rspamd  # noqa: E402

@@ -35,7 +35,7 @@ from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer 
 
 from quorum.assembly import parse_config  # noqa: E402
 from quorum.message import Envelope  # noqa: E402
-from quorum.pipeline.stages import Session  # noqa: E402
+from quorum.pipeline.transaction import Connection, Transaction  # noqa: E402
 from quorum.ratelimit.feature import build  # noqa: E402
 from quorum.ratelimit.settings import RateLimitSettings  # noqa: E402
 from quorum.ratelimit.stage import RateLimitStage  # noqa: E402
@@ -56,7 +56,7 @@ def stage_for(redis_table: dict[str, Any], limits: dict[str, Any]) -> RateLimitS
     return stage
 
 
-def session(i: int) -> Session:
+def session(i: int) -> Transaction:
     """Messages from 1000 sender domains / users / IPs to 500 recipient domains."""
     d = i % 1000
     env = Envelope(
@@ -65,7 +65,7 @@ def session(i: int) -> Session:
         recipients=[f"a@rcpt{i % 500}.example", f"b@rcpt{i % 500}.example", f"c@rcpt{(i * 7) % 500}.example"],
         macros={"{auth_authen}": f"user{d}"},
     )
-    return Session(env)
+    return Transaction(Connection(env.client_ip), env)
 
 
 def timed(stage: RateLimitStage, start: int, count: int) -> list[float]:
@@ -75,7 +75,7 @@ def timed(stage: RateLimitStage, start: int, count: int) -> list[float]:
         t0 = time.perf_counter_ns()
         reply = stage.data(s)
         out.append((time.perf_counter_ns() - t0) / 1000)
-        assert reply is None and s.state["ratelimit"].source == "redis", reply
+        assert reply is None and s.reservation is not None and s.reservation.source == "redis", reply
     return out
 
 
@@ -139,7 +139,7 @@ def bench_memory(redis_table: dict[str, Any], masters: list[redis.Redis], keys: 
     stage = stage_for(redis_table, {"client_ip": {"messages": 10, "per": "1h"}})  # T = 6 min: all keys stay live
     for i in range(keys):
         env = Envelope(client_ip=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", recipients=["u@x.example"])
-        assert stage.data(Session(env)) is None
+        assert stage.data(Transaction(Connection(env.client_ip), env)) is None
     stage.close()
     after = sum(int(c.info("memory")["used_memory"]) for c in masters)
     live = sum(int(c.dbsize()) for c in masters)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.harness.clamd import Clamd
-from tests.harness.dns import DnsServer, zone_text
+from tests.harness.dns import ENGINE_ZONES, DnsServer
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess
 from tests.harness.rspamd import Rspamd
@@ -39,20 +39,7 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
 @pytest.fixture(scope="session")
 def engines_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
     """An authoritative server for the test domains, so rspamd never waits on an unreachable resolver."""
-    zones = {
-        "example.com": zone_text(
-            "example.com",
-            [
-                ("@", "A", "192.0.2.1"),
-                ("@", "MX", "10 mail.example.com."),
-                ("mail", "A", "192.0.2.1"),
-                ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
-            ],
-        ),
-        "example.org": zone_text("example.org", [("@", "MX", "10 mail.example.org."), ("mail", "A", "192.0.2.2")]),
-        "2.0.192.in-addr.arpa": zone_text("2.0.192.in-addr.arpa", [("1", "PTR", "mail.example.com.")]),
-    }
-    server = DnsServer(tmp_path_factory.mktemp("engines-dns"), zones).start()
+    server = DnsServer(tmp_path_factory.mktemp("engines-dns"), ENGINE_ZONES).start()
     yield server
     server.stop()
 

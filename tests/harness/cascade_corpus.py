@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.clamd import Clamd
-from tests.harness.dns import zone_text
 from tests.harness.quorum import engine_table
 
 from quorum.assembly import load_config
@@ -47,19 +46,6 @@ CLIENT_IP, CLIENT_NAME, SENDER, RECIPIENT = "192.0.2.1", "mail.example.com", "al
 SPAM_ENGINES: dict[str, dict[str, dict[str, object]]] = {
     "any": {"rspamd": {}, "spamassassin": {}},
     "weighted": {"rspamd": {"weight": 3.0, "threshold": 6.0}, "spamassassin": {"weight": 1.0}},
-}
-ENGINE_ZONES = {
-    "example.com": zone_text(
-        "example.com",
-        [
-            ("@", "A", "192.0.2.1"),
-            ("@", "MX", "10 mail.example.com."),
-            ("mail", "A", "192.0.2.1"),
-            ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
-        ],
-    ),
-    "example.org": zone_text("example.org", [("@", "MX", "10 mail.example.org."), ("mail", "A", "192.0.2.2")]),
-    "2.0.192.in-addr.arpa": zone_text("2.0.192.in-addr.arpa", [("1", "PTR", "mail.example.com.")]),
 }
 
 

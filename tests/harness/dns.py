@@ -169,3 +169,19 @@ class DnsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The zones rspamd needs so it never waits on an unreachable resolver (test domains, their MX, a PTR).
+ENGINE_ZONES = {
+    "example.com": zone_text(
+        "example.com",
+        [
+            ("@", "A", "192.0.2.1"),
+            ("@", "MX", "10 mail.example.com."),
+            ("mail", "A", "192.0.2.1"),
+            ("@", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),
+        ],
+    ),
+    "example.org": zone_text("example.org", [("@", "MX", "10 mail.example.org."), ("mail", "A", "192.0.2.2")]),
+    "2.0.192.in-addr.arpa": zone_text("2.0.192.in-addr.arpa", [("1", "PTR", "mail.example.com.")]),
+}

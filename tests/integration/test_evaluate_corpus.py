@@ -10,7 +10,6 @@ asking each engine directly, without Quorum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -20,8 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.harness.cascade_corpus import clamd_for_testfiles
 from tests.harness.clamd import Clamd
-from tests.harness.labelled_corpus import TESTFILES, build_corpus, messages
+from tests.harness.labelled_corpus import build_corpus, messages
 from tests.harness.quorum import engine_table
 from tests.harness.rspamd import Rspamd
 from tests.harness.spamd import Spamd
@@ -34,11 +34,7 @@ RSPAMD_SPAM = {"reject", "add header", "rewrite subject", "discard", "quarantine
 @pytest.fixture(scope="module")
 def av(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
     """clamd with the local signatures plus an MD5 signature of the ClamAV test program."""
-    server = Clamd(tmp_path_factory.mktemp("clamd-testfiles"))
-    server.dbdir.mkdir(parents=True, exist_ok=True)
-    exe = (TESTFILES / "clam.exe").read_bytes()
-    (server.dbdir / "quorum-testfiles.hdb").write_text(f"{hashlib.md5(exe).hexdigest()}:{len(exe)}:Clam.TestFile\n")
-    server.start()
+    server = clamd_for_testfiles(tmp_path_factory.mktemp("clamd-testfiles")).start()
     yield server
     server.stop()
 
