@@ -14,6 +14,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.dns import ENGINE_ZONES, DnsServer
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess
+from tests.harness.redis_server import RedisCluster, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Sink
 from tests.harness.spamd import Spamd
@@ -56,6 +57,20 @@ def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
     server = Spamd(tmp_path_factory.mktemp("spamd")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A single Redis for one test module (the Redis-backed features test single and Cluster alike)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster for one test module."""
+    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cl:
+        yield cl
 
 
 @pytest.fixture(scope="module")

@@ -109,18 +109,6 @@ def sentinel(sn: RedisSentinel) -> Deployment:
 
 
 @pytest.fixture(scope="module")
-def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cl:
-        yield cl
-
-
-@pytest.fixture(scope="module")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     with RedisSentinel(tmp_path_factory.mktemp("sentinel")) as sn:
         yield sn

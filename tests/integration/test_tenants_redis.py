@@ -95,18 +95,6 @@ def cluster(cl: RedisCluster, workdir: Path) -> Deployment:
     return Deployment("cluster", table, lambda: [n.client() for n in cl.nodes if n.service.running], workdir)
 
 
-@pytest.fixture(scope="module")
-def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cl:
-        yield cl
-
-
 @pytest.fixture(params=["single", "cluster"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
     server = request.getfixturevalue(f"redis_{request.param}")
