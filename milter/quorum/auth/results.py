@@ -121,7 +121,7 @@ def claimed_authserv_id(raw_value: bytes) -> str:
 
 
 def claims_our_id(authserv_id: str) -> object:
-    """The removal predicate for ScanContext.remove: does this inbound header claim our id?"""
+    """The removal predicate for `Stage.removals`: does this inbound header claim our id?"""
     ours = authserv_id.strip().rstrip(".").lower()
 
     def predicate(raw_value: bytes) -> bool:

@@ -52,7 +52,6 @@ class Pipeline:
         cache_settings = config.feature("verdict_cache")
         self.cache = make_cache(cache_settings) if cache_settings is not None else None
         self.runners = build_runners(config, self.cache)
-        self.policy = Policy(config.policy, {s.name: s for s in config.engines}, config.replies)
         self.stages: list[Stage] = build_stages(config)
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
         self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
