@@ -14,6 +14,7 @@ import pytest
 from tests.harness.fake_engine import FakeEngine as FakeServer
 
 from quorum.assembly import parse_config
+from quorum.auth.spf import SpfResult
 from quorum.config import Config, Table
 from quorum.engines import ENGINE_TYPES, Engine, EngineError, ScanCall
 from quorum.message import Envelope, Message
@@ -104,10 +105,11 @@ def config(engines: dict[str, dict[str, Any]], deadline: float = 5.0, **sections
     return parse_config(data)
 
 
-def run(pool: ThreadPoolExecutor, cfg: Config, raw: bytes | None = None) -> Result:
+def run(pool: ThreadPoolExecutor, cfg: Config, raw: bytes | None = None, spf: SpfResult | None = None) -> Result:
     env = Envelope("192.0.2.1", "client.example", "client.example", "alice@example.com", ["bob@example.org"])
     env.macros["i"] = "4ABCDEF"
     txn = Transaction(Connection(env.client_ip, env.client_name, env.helo), env)
+    txn.spf = spf
     message = Message.from_bytes(raw or b"Subject: hi\r\nX-Quorum-Verdict: clean\r\n\r\nhello\r\n", env)
     pipeline = Pipeline(cfg)
     try:
@@ -297,6 +299,18 @@ def test_per_message_log_line(pool: ThreadPoolExecutor, caplog: pytest.LogCaptur
     assert "verdict=clean action=accept" in line
     assert "engines=av:clean:" in line and ",av2:clean:" in line
     assert int(line.split("av2:clean:")[1].split("ms")[0]) >= 50
+
+
+def test_spf_from_mail_from_is_logged_when_a_virus_ended_the_scan_first(
+    pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With spf_at = "mail" the SPF result is known before DATA; the log line says it even when no
+    auth findings came back (the race that made an integration test flaky)."""
+    spf = SpfResult("fail", "mailfrom", "example.com", "alice@example.com")
+    with caplog.at_level(logging.INFO, logger="quorum.message"):
+        run(pool, config({"av": {"behaviour": "infected", "virus": "Eicar-Test"}}), spf=spf)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "quorum.message"]
+    assert "verdict=virus" in line and " spf=fail " in line
 
 
 # --- sanitising -------------------------------------------------------------------------------

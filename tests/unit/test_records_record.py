@@ -102,3 +102,11 @@ def test_finished_submits_one_record() -> None:
     sink = Collect()
     RecordsStage(sink).finished(transaction(), outcome())  # type: ignore[arg-type]
     assert len(sink.records) == 1 and sink.records[0]["verdict"] == "spam"
+
+
+def test_spf_known_at_mail_from_is_recorded_when_the_scan_returned_none() -> None:
+    txn = transaction()
+    txn.spf = SpfResult("fail", "mailfrom", "example.net", "alice@example.net")
+    ended = outcome()
+    ended.scan.auth = None
+    assert record.from_outcome(txn, ended)["spf"] == "fail"

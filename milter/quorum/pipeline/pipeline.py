@@ -166,6 +166,8 @@ class Pipeline:
         if effective.bypass and decision.action in output.DELIVERED:
             decision.label = "unchecked"
             decision.reasons.append(f"content scanning bypassed for {effective.domain or 'this domain'}")
+        if txn.spf is not None:  # spf_at = "mail": known even when a verdict ended the scan before auth
+            found.scan.log.setdefault("spf", txn.spf.result)
         if effective.domain:
             found.scan.log["tenant"] = effective.domain
         return Result(decision, found.scan, output.plan(decision, found.scan, message, self.removals, txn))

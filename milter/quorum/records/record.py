@@ -51,6 +51,8 @@ def from_outcome(txn: Transaction, outcome: Outcome) -> dict[str, Any]:
     _reply(record, outcome.reply)
     if outcome.scan is not None:
         _scan(record, outcome.scan)
+    if record.get("spf") is None and txn.spf is not None:  # spf_at = "mail": known even if the scan ended first
+        record["spf"] = txn.spf.result
     reservation = txn.reservation
     if reservation is not None:
         record["ratelimit"] = {"source": reservation.source, "buckets": sorted({c.kind for c in reservation.charges})}
