@@ -1,9 +1,12 @@
-"""clamd: one connection per scan vs a pool of IDSESSION connections (`[engines.X] reuse = true`).
+"""clamd transports: one connection per scan vs a pool of IDSESSION connections (`reuse = true`),
+each streaming the message (INSTREAM) or, on the unix socket, passing it as a descriptor (FILDES,
+`fdpass`, the default there).
 
 Starts a real clamd from tests/harness/clamd.py (local signatures) unless `--clamd` is given, and
-scans the same messages through the ClamAV adapter both ways, interleaved in rounds so drift hits
-both alike: sequentially (one scan at a time: latency) and from `--threads` threads at once
-(throughput). Prints per-scan p50/p99 latency and scans/s for each, and the ratio.
+scans the same messages through the ClamAV adapter every way, interleaved in rounds so drift hits
+all alike: sequentially (one scan at a time: latency) and from `--threads` threads at once
+(throughput). Prints per-scan p50/p99 latency, scans/s and clamd's CPU per scan (from /proc, when
+this script started clamd) for each.
 
     .venv/bin/python bench/clamd_reuse.py [--count 2000] [--threads 8] [--size 5000] [--unix]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import threading
@@ -42,12 +46,28 @@ def make_message(size: int, i: int) -> Message:
     return Message.from_bytes(raw, Envelope())
 
 
-def engine(address: str, reuse: bool, threads: int) -> ClamAV:
-    e = build_engine(
-        EngineSettings("clamav", "clamav", concurrency=threads, options={"address": address, "reuse": reuse})
-    )
+Mode = tuple[bool, bool]  # (reuse, fdpass)
+NAMES = {
+    (False, False): "INSTREAM, connection per scan",
+    (True, False): "INSTREAM, IDSESSION pool",
+    (False, True): "FILDES, connection per scan",
+    (True, True): "FILDES, IDSESSION pool",
+}
+
+
+def engine(address: str, mode: Mode, threads: int) -> ClamAV:
+    reuse, fdpass = mode
+    options = {"address": address, "reuse": reuse, "fdpass": fdpass}
+    e = build_engine(EngineSettings("clamav", "clamav", concurrency=threads, options=options))
     assert isinstance(e, ClamAV)
     return e
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(e: ClamAV, messages: list[Message], threads: int) -> tuple[list[float], float]:
@@ -73,28 +93,31 @@ def run(e: ClamAV, messages: list[Message], threads: int) -> tuple[list[float], 
     return latencies, time.perf_counter() - start
 
 
-def bench(address: str, count: int, threads: int, size: int, rounds: int) -> None:
+def bench(address: str, count: int, threads: int, size: int, rounds: int, clamd_pid: int | None) -> None:
     messages = [make_message(size, i) for i in range(max(1, count // rounds))]
+    modes = [m for m in NAMES if not m[1] or address.startswith("/")]  # descriptors: unix socket only
     for label, workers in (("sequential", 1), (f"{threads} threads", threads)):
-        results: dict[bool, tuple[list[float], float]] = {False: ([], 0.0), True: ([], 0.0)}
-        engines = {reuse: engine(address, reuse, workers) for reuse in (False, True)}
+        results: dict[Mode, tuple[list[float], float, float]] = {
+            m: ([], 0.0, 0.0) for m in modes
+        }  # latencies, wall s, clamd CPU s
+        engines = {m: engine(address, m, workers) for m in modes}
         for e in engines.values():  # warm-up (and open the sessions)
             run(e, messages[: workers * 2], workers)
         for _ in range(rounds):
-            for reuse in (False, True):
-                lat, wall = run(engines[reuse], messages, workers)
-                results[reuse] = (results[reuse][0] + lat, results[reuse][1] + wall)
+            for m in modes:
+                cpu = cpu_seconds(clamd_pid)
+                lat, wall = run(engines[m], messages, workers)
+                old = results[m]
+                results[m] = (old[0] + lat, old[1] + wall, old[2] + cpu_seconds(clamd_pid) - cpu)
         for e in engines.values():
             e.close()
-        print(f"\n{label}: {len(results[False][0])} scans each, {size} B messages, clamd at {address}")
-        print(f"{'mode':<28} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'scans/s':>9}")
-        rates = {}
-        for reuse, (lat, wall) in results.items():
-            rates[reuse] = len(lat) / wall
-            name = "IDSESSION pool (reuse=true)" if reuse else "connection per scan"
+        print(f"\n{label}: {len(messages) * rounds} scans each, {size} B messages, clamd at {address}")
+        print(f"{'mode':<30} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'scans/s':>9} {'clamd CPU ms/scan':>18}")
+        for m, (lat, wall, cpu) in results.items():
             p50, p99, mean = percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3, sum(lat) / len(lat) * 1e3
-            print(f"{name:<28} {p50:8.3f} {p99:8.3f} {mean:8.3f} {rates[reuse]:9.0f}")
-        print(f"reuse / per-scan throughput: {rates[True] / rates[False]:.2f} x")
+            print(
+                f"{NAMES[m]:<30} {p50:8.3f} {p99:8.3f} {mean:8.3f} {len(lat) / wall:9.0f} {cpu / len(lat) * 1e3:18.3f}"
+            )
 
 
 def main() -> None:
@@ -107,13 +130,20 @@ def main() -> None:
     parser.add_argument("--unix", action="store_true", help="use the harness clamd's unix socket")
     args = parser.parse_args()
     if args.clamd:
-        bench(args.clamd, args.count, args.threads, args.size, args.rounds)
+        bench(args.clamd, args.count, args.threads, args.size, args.rounds, None)
         return
     with tempfile.TemporaryDirectory(prefix="clamd-reuse-") as tmp:
         server = Clamd(Path(tmp)).start()
         try:
             address = str(server.socket_path) if args.unix else server.address
-            bench(address, args.count, args.threads, args.size, args.rounds)
+            bench(
+                address,
+                args.count,
+                args.threads,
+                args.size,
+                args.rounds,
+                server.service.proc.pid if server.service.proc else None,
+            )
         finally:
             server.stop()
 

@@ -41,6 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+import cpu_share  # noqa: E402
 from smtp_load import _Stats, _transaction, _wait_delivered, _worker  # noqa: E402
 from tests.harness.clamd import Clamd  # noqa: E402
 from tests.harness.dns import DnsServer, zone_text  # noqa: E402
@@ -171,6 +172,12 @@ class Stack:
         return self._enter(ClamavMilter(self.work / "clamav-milter", self.clamd.address))  # type: ignore[no-any-return]
 
     @cached_property
+    def clamav_milter_unix(self) -> ClamavMilter:
+        """Debian's defaults: clamav-milter on a unix socket, talking to clamd's unix socket."""
+        milter = ClamavMilter(self.work / "clamav-milter-unix", str(self.clamd.socket_path), unix=True)
+        return self._enter(milter)  # type: ignore[no-any-return]
+
+    @cached_property
     def spamass_milter(self) -> SpamassMilter:
         return self._enter(SpamassMilter(self.work / "spamass-milter", self.spamd.port))  # type: ignore[no-any-return]
 
@@ -181,6 +188,11 @@ def policy(extra: str = "") -> str:
 
 def clamav_table(s: Stack) -> str:
     return engine_table("clamav", "clamav", address=s.clamd.address, timeout=20)
+
+
+def clamav_unix_table(s: Stack) -> str:
+    """clamd's unix socket: the message goes as a descriptor (FILDES, the adapter's default there)."""
+    return engine_table("clamav", "clamav", address=str(s.clamd.socket_path), timeout=20)
 
 
 def three_tables(s: Stack, weighted: bool = False) -> str:
@@ -211,8 +223,8 @@ class Unavailable(Exception):
 
 
 @contextmanager
-def quorum(s: Stack, name: str, body: str) -> Iterator[str]:
-    proc = QuorumProcess(s.work / f"quorum-{name}", body)
+def quorum(s: Stack, name: str, body: str, unix: bool = False) -> Iterator[str]:
+    proc = QuorumProcess(s.work / f"quorum-{name}", body, unix=unix)
     proc.start()
     try:
         yield milter_entry(proc.postfix_address)
@@ -260,9 +272,11 @@ def _chain(s: Stack, notes: list[str]) -> Iterator[str | None]:
     yield ", ".join(entries)
 
 
-def _quorum(name: str, tables: Callable[[Stack], str]) -> Callable[[Stack, list[str]], Iterator[str | None]]:
+def _quorum(
+    name: str, tables: Callable[[Stack], str], unix: bool = False
+) -> Callable[[Stack, list[str]], Iterator[str | None]]:
     def target(s: Stack, notes: list[str]) -> Iterator[str | None]:
-        with quorum(s, name, policy() + tables(s)) as entry:
+        with quorum(s, name, policy() + tables(s), unix=unix) as entry:
             yield entry
 
     return target
@@ -283,7 +297,11 @@ ROWS: dict[str, Callable[[Stack, list[str]], Iterator[str | None]]] = {
     "quorum + clamav": _quorum("clamav", clamav_table),
     "quorum all three": _quorum("all", three_tables),
     "quorum all three cascade+cache": _cascade,
+    # Debian's defaults for the ClamAV pair: milter and clamd on unix sockets (no TCP, no Nagle)
+    "clamav-milter (unix sockets)": _single("clamav_milter_unix"),
+    "quorum + clamav (unix sockets)": _quorum("clamav-unix", clamav_unix_table, unix=True),
 }
+DEFAULT_ROWS = [r for r in ROWS if "unix sockets" not in r]
 
 # --- measuring ----------------------------------------------------------------------------------
 
@@ -372,6 +390,7 @@ class RowResult:
     notes: list[str] = field(default_factory=list)
     unavailable: str = ""
     baseline: float = 0.0  # no-milter msg/s (distinct load) measured just before this row
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # load -> program -> CPU ms per message
 
     def drift_free(self, kind: str) -> float:
         """msg/s as a share of the no-milter rate measured just before: on a shared machine the
@@ -397,7 +416,12 @@ def measure_row(s: Stack, name: str, args: argparse.Namespace) -> RowResult:
                 before = probe(port, s.sink)
                 load(port, messages(args.warmup, campaign=False), s.sink)
                 for kind in args.loads:
-                    result.loads[kind] = load(port, messages(args.count, campaign=kind == "campaign"), s.sink)
+                    msgs = messages(args.count, campaign=kind == "campaign")
+                    cpu_before = cpu_share.snapshot()
+                    result.loads[kind] = load(port, msgs, s.sink)
+                    spent = cpu_share.spent(cpu_before, cpu_share.snapshot())
+                    n = max(1, result.loads[kind]["accepted"])
+                    result.cpu[kind] = {g: round(sec * 1000 / n, 2) for g, sec in spent.items()}
                 result.latency = latency(port, messages(args.latency, campaign=False), s.sink)
                 result.probes = before and probe(port, s.sink)
             finally:
@@ -452,6 +476,14 @@ TARGETS = (
     # (label, numerator row, denominator row, what, target, higher is better)
     ("no engine / no milter", "quorum no engine", "no milter", "msg_per_s", 0.55, True),
     ("+ClamAV / clamav-milter", "quorum + clamav", "clamav-milter", "msg_per_s", 5.0, True),
+    (
+        "+ClamAV / clamav-milter, unix",
+        "quorum + clamav (unix sockets)",
+        "clamav-milter (unix sockets)",
+        "msg_per_s",
+        5.0,
+        True,
+    ),
     ("all three / chain", "quorum all three", "chain of the three", "msg_per_s", 1.0, True),
     ("all three p50 / chain p50", "quorum all three", "chain of the three", "p50_ms", 0.5, False),
     ("cascade+cache / chain", "quorum all three cascade+cache", "chain of the three", "msg_per_s", 2.0, True),
@@ -518,6 +550,7 @@ def report(results: dict[str, RowResult], reference: dict[str, Any] | None, args
         if not r.probes:
             extra.append("probe before/after not accepted")
         print(line + (f"  ({'; '.join(extra)})" if extra else ""))
+    cpu_table(results, args.loads[0])
     if reference:
         print(
             f"{'no milter, smtp-source -s 10':<34} {reference['msg_per_s_smtp']:>16.1f} "
@@ -541,6 +574,20 @@ def report(results: dict[str, RowResult], reference: dict[str, Any] | None, args
             paired = f"  paired {x['paired']:>5.2f} {'met' if ok else 'MISSED'}"
         line = f"  {x['ratio']:<28} {x['load']:<9} {x['value']:>6.2f}  target {sign} {x['target']:<5} {mark:<6}"
         print(line + paired + note)
+
+
+def cpu_table(results: dict[str, RowResult], kind: str) -> None:
+    """CPU ms per accepted message by program during the `kind` load (the load, delivery included;
+    the 2-core machine's capacity is 2000 ms of CPU per second)."""
+    rows = [r for r in results.values() if r.cpu.get(kind)]
+    if not rows:
+        return
+    groups = sorted({g for r in rows for g in r.cpu[kind]}, key=lambda g: -max(r.cpu[kind].get(g, 0) for r in rows))
+    print(f"\nCPU ms per message by program, {kind} load (all processes on the machine, from /proc)")
+    print(f"{'row':<34}" + "".join(f" {g[:12]:>12}" for g in groups) + f" {'total':>8}")
+    for r in rows:
+        cpu = r.cpu[kind]
+        print(f"{r.name:<34}" + "".join(f" {cpu.get(g, 0.0):>12.2f}" for g in groups) + f" {sum(cpu.values()):>8.2f}")
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, RowResult], dict[str, Any] | None]:
@@ -582,7 +629,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     CASCADE_POLICY.extend(args.cascade_policy)
     if args.quick:
         args.count, args.latency, args.warmup = min(args.count, 40), min(args.latency, 5), min(args.warmup, 5)
-    args.rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(ROWS)
+    args.rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(DEFAULT_ROWS)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
@@ -604,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loads": r.loads,
                     "latency": r.latency,
                     "probes": r.probes,
+                    "cpu_ms_per_message": r.cpu,
                     "valid": r.valid,
                     "notes": r.notes,
                     "unavailable": r.unavailable,

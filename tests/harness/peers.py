@@ -8,6 +8,7 @@ Each runs as Debian ships it apart from the addresses: no tuning Quorum does not
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from .dns import stop_service
@@ -33,22 +34,29 @@ def milter_entry(address: str, timeout: str = "300s") -> str:
 class ClamavMilter:
     """clamav-milter with Debian's default actions (accept clean, defer on failure), rejecting viruses."""
 
-    def __init__(self, workdir: Path, clamd_address: str) -> None:
+    def __init__(self, workdir: Path, clamd_address: str, unix: bool = False) -> None:
+        """`clamd_address`: host:port or clamd's unix socket path; `unix`: Debian's default milter
+        socket (a unix socket) instead of TCP on loopback."""
         self.workdir = Path(workdir)
         self.clamd_address = clamd_address
         self.port = free_port()
+        self.unix = unix
+        self.socket_path = Path(tempfile.mkdtemp(prefix="qcm-")) / "clamav-milter.ctl"  # short: sun_path
+        self.socket_path.parent.chmod(0o755)
         self.service = Service("clamav-milter", self.workdir)
 
     @property
     def address(self) -> str:
-        return f"inet:127.0.0.1:{self.port}"
+        return f"unix:{self.socket_path}" if self.unix else f"inet:127.0.0.1:{self.port}"
 
     def config(self) -> str:
         tmp = self.workdir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        milter = f"{self.socket_path}\nMilterSocketMode 666" if self.unix else f"inet:{self.port}@127.0.0.1"
+        clamd = f"unix:{self.clamd_address}" if self.clamd_address.startswith("/") else f"tcp:{self.clamd_address}"
         return (
-            f"MilterSocket inet:{self.port}@127.0.0.1\n"
-            f"ClamdSocket tcp:{self.clamd_address}\n"
+            f"MilterSocket {milter}\n"
+            f"ClamdSocket {clamd}\n"
             "Foreground yes\n"
             f"PidFile {self.workdir / 'clamav-milter.pid'}\n"
             "ReadTimeout 120\n"
@@ -68,11 +76,13 @@ class ClamavMilter:
     def start(self) -> ClamavMilter:
         conf = self.workdir / "clamav-milter.conf"
         conf.write_text(self.config())
-        self.service.spawn([CLAMAV_MILTER, "-c", str(conf)], ready=lambda: port_open(self.port), timeout=30)
+        ready = self.socket_path.exists if self.unix else lambda: port_open(self.port)
+        self.service.spawn([CLAMAV_MILTER, "-c", str(conf)], ready=ready, timeout=30)
         return self
 
     def stop(self) -> None:
         stop_service(self.service)
+        shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def __enter__(self) -> ClamavMilter:
         return self.start()

@@ -28,6 +28,7 @@ from tests.harness.spamd import Spamd
 
 from quorum.config.model import EngineSettings
 from quorum.engines import EngineError, ScanCall, build_engine
+from quorum.engines import clamav as clamav_module
 from quorum.engines.clamav import ClamAV
 from quorum.engines.rspamd import Rspamd as RspamdEngine
 from quorum.engines.rspamd import parse_reply as parse_rspamd_reply
@@ -181,6 +182,27 @@ def test_clamav_adapter_tcp_and_unix(clamd_server: Clamd, reuse: bool) -> None:
             assert engine.version(_scan_call()).startswith("ClamAV ")
         finally:
             engine.close()
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "idsession"])
+def test_clamav_fdpass_on_the_unix_socket_never_streams(
+    clamd_server: Clamd, reuse: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real clamd scans the passed descriptor (FILDES): EICAR found, ham clean, nothing streamed."""
+
+    def no_stream(*args: object) -> None:
+        raise AssertionError("streamed (INSTREAM) instead of passing the descriptor")
+
+    monkeypatch.setattr(clamav_module, "_send_stream", no_stream)
+    engine = _clamav(str(clamd_server.socket_path), reuse)
+    assert engine.fdpass
+    try:
+        for _ in range(3):
+            v = engine.scan(Message.from_bytes(message(EICAR.decode())), _scan_call())
+            assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature.UNOFFICIAL",))
+            assert engine.scan(Message.from_bytes(message(HAM_BODY)), _scan_call()).status is Status.CLEAN
+    finally:
+        engine.close()
 
 
 def test_clamav_adapter_stream_size_limit(clamd_server: Clamd) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import os
+import socket
 import struct
 import threading
 import time
@@ -23,10 +26,9 @@ MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello
 VERSION = b"ClamAV 1.0.7/27000/Mon Jan  6 09:30:00 2025\0"
 
 
-def engine(address: str, reuse: bool = False, concurrency: int = 4) -> ClamAV:
-    e = build_engine(
-        EngineSettings("av", "clamav", concurrency=concurrency, options={"address": address, "reuse": reuse})
-    )
+def engine(address: str, reuse: bool = False, concurrency: int = 4, fdpass: bool = True) -> ClamAV:
+    options = {"address": address, "reuse": reuse, "fdpass": fdpass}
+    e = build_engine(EngineSettings("av", "clamav", concurrency=concurrency, options=options))
     assert isinstance(e, ClamAV)
     return e
 
@@ -48,6 +50,8 @@ def call(seconds: float = 5.0) -> ScanCall:
         ("stream: OK", Status.CLEAN, ""),
         ("stream: Eicar-Test-Signature FOUND", Status.INFECTED, "Eicar-Test-Signature"),
         ("stream: Win.Test.Name-1.UNOFFICIAL FOUND", Status.INFECTED, "Win.Test.Name-1.UNOFFICIAL"),
+        ("fd[10]: OK", Status.CLEAN, ""),
+        ("fd[7]: Eicar-Test-Signature FOUND", Status.INFECTED, "Eicar-Test-Signature"),
     ],
 )
 def test_parse_scan_reply(line: str, status: Status, name: str) -> None:
@@ -61,6 +65,7 @@ def test_parse_scan_reply(line: str, status: Status, name: str) -> None:
         ("stream: Can't allocate memory ERROR", "clamd error: stream: Can't allocate memory"),
         ("UNKNOWN COMMAND", "unexpected clamd reply"),
         ("stream:  FOUND", "unexpected clamd reply"),
+        ("fd[]: OK", "unexpected clamd reply"),
         ("stream: \x01bad FOUND", "unexpected clamd reply"),
         ("", "empty"),
     ],
@@ -75,11 +80,13 @@ def test_bad_scan_replies(line: str, match: str) -> None:
 
 def test_config_defaults_and_reuse() -> None:
     cfg = parse_config({"engines": {"av": {"type": "clamav"}, "av2": {"type": "clamav", "reuse": True}}})
-    assert cfg.engines[0].options == {"address": "127.0.0.1:3310", "reuse": False}
+    assert cfg.engines[0].options == {"address": "127.0.0.1:3310", "reuse": False, "fdpass": True}
     assert cfg.engines[1].options["reuse"] is True
+    assert not engine("127.0.0.1:3310").fdpass  # a descriptor only passes over a unix socket
+    assert engine("/run/clamav/clamd.ctl").fdpass and not engine("/run/clamav/clamd.ctl", fdpass=False).fdpass
 
 
-@pytest.mark.parametrize(("key", "value"), [("reuse", "yes"), ("address", "localhost")])
+@pytest.mark.parametrize(("key", "value"), [("reuse", "yes"), ("address", "localhost"), ("fdpass", 1)])
 def test_config_errors_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"engines": {"av": {"type": "clamav", key: value}}})
@@ -182,7 +189,7 @@ def test_unix_socket_address() -> None:
 
         t = threading.Thread(target=serve, daemon=True)
         t.start()
-        assert engine(path).scan(message(), call()).status is Status.CLEAN
+        assert engine(path, fdpass=False).scan(message(), call()).status is Status.CLEAN
         t.join(5)
         server.close()
 
@@ -295,3 +302,82 @@ def test_connection_refused_and_spent_budget() -> None:
         engine(address).scan(message(), call(2))
     with pytest.raises(EngineError, match="timeout"):
         engine(address).scan(message(), call(0))
+
+
+# --- FILDES (descriptor passing) against a fake clamd on a unix socket -------------------------------
+
+
+class FakeUnixClamd:
+    """Answers each connection from `replies` in turn; records commands and passed files' contents."""
+
+    def __init__(self, path: str, replies: list[bytes]) -> None:
+        self.replies = replies
+        self.commands: list[bytes] = []
+        self.files: list[bytes] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for reply in self.replies:
+            conn, _ = self.server.accept()
+            with conn:
+                head = b""
+                while b"\0" not in head:
+                    head += conn.recv(1)
+                self.commands.append(head[:-1])
+                if head == b"zFILDES\0":
+                    fds: list[int] = []
+                    _, anc, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4))
+                    for level, kind, data in anc:
+                        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                            fds += array.array("i", data[: len(data) - len(data) % 4]).tolist()
+                    for fd in fds:
+                        with os.fdopen(fd, "rb") as f:
+                            self.files.append(f.read())
+                else:
+                    data = b""
+                    while not data.endswith(b"\0\0\0\0"):
+                        data += conn.recv(65536)
+                conn.sendall(reply)
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.server.close()
+
+
+def test_fdpass_sends_the_whole_message_as_a_descriptor(tmp_path: Any) -> None:
+    path = f"{tmp_path}/c.sock"
+    fake = FakeUnixClamd(path, [b"fd[9]: Eicar-Test-Signature FOUND\0"])
+    try:
+        v = engine(path).scan(message(), call())
+    finally:
+        fake.close()
+    assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature",))
+    assert fake.commands == [b"zFILDES"] and fake.files == [message().raw()]
+
+
+def test_fdpass_error_is_retried_as_a_stream(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    path = f"{tmp_path}/c.sock"
+    fake = FakeUnixClamd(path, [b"fd[9]: lstat() failed ERROR\0", b"stream: OK\0", b"stream: OK\0"])
+    av = engine(path)
+    try:
+        assert av.scan(message(), call()).status is Status.CLEAN
+        assert av.scan(message(), call()).status is Status.CLEAN  # no second try: straight to INSTREAM
+    finally:
+        fake.close()
+    assert fake.commands == [b"zFILDES", b"zINSTREAM", b"zINSTREAM"]
+    assert "streaming messages (INSTREAM) until the next reload" in caplog.text
+
+
+def test_messages_above_fdpass_max_are_streamed(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clamav_module, "FDPASS_MAX", 10)
+    path = f"{tmp_path}/c.sock"
+    fake = FakeUnixClamd(path, [b"stream: OK\0"])
+    try:
+        assert engine(path).scan(message(), call()).status is Status.CLEAN
+    finally:
+        fake.close()
+    assert fake.commands == [b"zINSTREAM"]

@@ -202,7 +202,7 @@ def test_engine_defaults_and_disabled_engines() -> None:
     )
     assert [e.name for e in config.engines] == ["a", "b"]
     assert [e.name for e in config.enabled_engines] == ["a"]
-    assert config.engines[1].options == {"address": "/run/c.sock", "reuse": False}
+    assert config.engines[1].options == {"address": "/run/c.sock", "reuse": False, "fdpass": True}
     assert config.engines[0].max_size == 25 * 1024 * 1024
 
 

@@ -1,8 +1,15 @@
-"""ClamAV over clamd's own protocol: `zINSTREAM`, `zPING`, `zVERSION`, on the shared transport.
+"""ClamAV over clamd's own protocol: `zFILDES`/`zINSTREAM`, `zPING`, `zVERSION`, on the shared transport.
 
 INSTREAM framing: `zINSTREAM\\0`, then chunks of at most 64 KiB each behind a 4-byte big-endian
 length, then a zero length; clamd answers one NUL-terminated line: `stream: OK`,
 `stream: NAME FOUND`, `... ERROR` (e.g. `INSTREAM size limit exceeded. ERROR`).
+
+FILDES (`fdpass`, on by default, unix sockets only, as `clamdscan --fdpass`): the message is written
+to an anonymous memory file (memfd) and its descriptor passed with `zFILDES\\0` (SCM_RIGHTS); clamd
+scans it in place instead of copying the stream into a temporary file first (bench/clamd_fdpass.py:
+clamd CPU per 5 KB message 0.73 -> 0.18 ms). Replies read `fd[N]: OK`. Messages above FDPASS_MAX
+use INSTREAM (the memfd is RAM); a FILDES exchange that ends in ERROR is retried as INSTREAM and
+the engine streams from then on.
 
 With `reuse = true` scans run on a small pool of `zIDSESSION` connections (replies are prefixed by
 the request id, `zEND` closes the session); any failure on a reused connection falls back to a
@@ -11,6 +18,9 @@ fresh one within the same budget. Off by default: see bench/clamd_reuse.py for t
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import struct
 import threading
 import time
@@ -24,7 +34,10 @@ from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
 
+log = logging.getLogger(__name__)
+
 CHUNK = 64 * 1024
+FDPASS_MAX = 4 * 1024 * 1024  # larger messages are streamed: a memfd of that size would be RAM
 MAX_REPLY = 4096  # one reply line; a virus name is < 200 bytes
 VERSION_TTL = 30.0  # how long a `VERSION` answer is reused (signature updates are hourly at best)
 SESSION_IDLE = 10.0  # pooled IDSESSION connections are dropped well before clamd's IdleTimeout (30 s)
@@ -41,6 +54,7 @@ class ClamAV(Engine):
         return {
             "address": validate_address(table, "address", "127.0.0.1:3310"),
             "reuse": table.bool("reuse", False),
+            "fdpass": table.bool("fdpass", True),
         }
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -51,15 +65,48 @@ class ClamAV(Engine):
             self._pool = ConnectionPool(max(1, settings.concurrency), SESSION_IDLE, on_close=_end_session)
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
+        # descriptors only pass over a unix socket, to a clamd on this machine
+        self.fdpass = bool(self.options.get("fdpass", True)) and self.address.startswith("/")
 
     # --- Engine interface ---------------------------------------------------------------------
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
-        line = self._command(call, lambda conn, cmd: _send_stream(conn, cmd, message), b"INSTREAM")
+        line = ""
+        if self.fdpass and message.size <= FDPASS_MAX:
+            line = self._scan_fd(message, call)
+        if not line:
+            line = self._command(call, lambda conn, cmd: _send_stream(conn, cmd, message), b"INSTREAM")
         status, name = parse_scan_reply(line)
         if status is Status.INFECTED:
             return self.verdict(Status.INFECTED, names=(name,))
         return self.verdict(Status.CLEAN)
+
+    def _scan_fd(self, message: Message, call: ScanCall) -> str:
+        """A FILDES reply, or "" when the message should be streamed instead (clamd refused the
+        descriptor, or no memfd here)."""
+        try:
+            fd = _memfd(message)
+        except OSError as exc:
+            self._fall_back(f"no memfd: {exc.strerror or exc}")
+            return ""
+        try:
+            line = self._command(call, lambda conn, cmd: _send_fd(conn, cmd, fd), b"FILDES")
+        finally:
+            os.close(fd)
+        if line.endswith("ERROR") and not call.cancelled and call.remaining() > 0:
+            self._fall_back(line[:120])
+            return ""
+        return line
+
+    def _fall_back(self, reason: str) -> None:
+        """Stream from now on (until a reload builds the engine again): a clamd that cannot read a
+        passed descriptor, e.g. under a confining profile, would otherwise cost two exchanges per scan."""
+        self.fdpass = False
+        log.warning(
+            "%s: clamd could not scan a passed descriptor (%s); streaming messages (INSTREAM) until the next reload",
+            self.name,
+            reason,
+        )
 
     def ping(self, timeout: float) -> None:
         reply = self._fresh(ScanCall(time.monotonic() + timeout), lambda conn, cmd: conn.send(cmd), b"PING")
@@ -166,6 +213,27 @@ def _send_stream(conn: Connection, command: bytes, message: Message) -> None:
     conn.send(bytes(pending))
 
 
+def _send_fd(conn: Connection, command: bytes, fd: int) -> None:
+    """FILDES as clamdscan sends it: the command, then one byte carrying the descriptor."""
+    conn.send(command)
+    conn.send_fd(b"\0", fd)
+
+
+def _memfd(message: Message) -> int:
+    """An anonymous in-memory file holding the whole message, positioned at its start."""
+    fd = os.memfd_create("quorum-scan", os.MFD_CLOEXEC)
+    try:
+        for chunk in message.chunks(CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _read_reply(conn: Connection) -> str:
     raw = conn.read_until(b"\0", MAX_REPLY)[:-1]
     return raw.decode("utf-8", "replace").strip()
@@ -175,14 +243,20 @@ def _end_session(conn: Connection) -> None:
     conn.send(b"zEND\0")
 
 
+_SUBJECT = re.compile(r"(?:stream|fd\[\d+\]): ")  # what clamd names: the stream, or the passed descriptor
+
+
 def parse_scan_reply(line: str) -> tuple[Status, str]:
-    """(CLEAN, "") or (INFECTED, name) for an INSTREAM reply; EngineError for anything else."""
-    if line == "stream: OK":
-        return Status.CLEAN, ""
-    if line.startswith("stream: ") and line.endswith(" FOUND"):
-        name = line[len("stream: ") : -len(" FOUND")].strip()
-        if name and name.isprintable():
-            return Status.INFECTED, name[:200]
+    """(CLEAN, "") or (INFECTED, name) for an INSTREAM/FILDES reply; EngineError for anything else."""
+    subject = _SUBJECT.match(line)
+    if subject:
+        verdict = line[subject.end() :]
+        if verdict == "OK":
+            return Status.CLEAN, ""
+        if verdict.endswith(" FOUND"):
+            name = verdict[: -len(" FOUND")].strip()
+            if name and name.isprintable():
+                return Status.INFECTED, name[:200]
     if "size limit exceeded" in line:
         raise EngineError("clamd StreamMaxLength exceeded; raise it or lower this engine's max_size")
     if line.endswith("ERROR"):

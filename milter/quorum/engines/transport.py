@@ -14,6 +14,7 @@ HTTP keep-alive); a pooled connection is rebound to the next call's budget befor
 
 from __future__ import annotations
 
+import array
 import socket
 import ssl
 import threading
@@ -102,6 +103,20 @@ class Connection:
             raise PeerClosed(f"{self.peer} closed the connection while we were sending") from exc
         except OSError as exc:
             raise self._error(exc) from exc
+
+    def send_fd(self, data: bytes, fd: int) -> None:
+        """Write `data` (a few bytes) with the open file `fd` attached (SCM_RIGHTS, unix sockets only)."""
+        self._arm()
+        try:
+            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            if self._call.cancelled:
+                raise EngineError("cancelled") from exc
+            raise PeerClosed(f"{self.peer} closed the connection while we were sending") from exc
+        except OSError as exc:
+            raise self._error(exc) from exc
+        if sent < len(data):
+            self.send(data[sent:])  # the descriptor went with the first byte
 
     def send_all(self, chunks: Iterable[bytes]) -> None:
         for chunk in chunks:
