@@ -1,11 +1,15 @@
 """Quorum against the milters it replaces, through one real Postfix (issue 13's table, in one run).
 
-    .venv/bin/python bench/peers.py [--count 400] [--latency 60] [--rows a,b] [--quick] [--json]
+    .venv/bin/python bench/peers.py [--count 400] [--latency 60] [--rows a,b] [--rounds N] [--quick] [--json]
 
 Rows: no milter; clamav-milter; spamass-milter; rspamd's proxy milter; the chain of the three;
 Quorum with no engine, with ClamAV, with all three, and with all three in cascade mode with the
 verdict cache. Peers come from Debian's packages (tests/harness/peers.py), each started here on
-127.0.0.1 with its own config; rspamd resolves only through the harness NSD.
+127.0.0.1 with its own config; rspamd resolves only through the harness NSD. Two more rows on
+request put clamav-milter and Quorum + ClamAV on unix sockets (Debian's defaults for both the milter
+and clamd): "clamav-milter (unix sockets)", "quorum + clamav (unix sockets)". On TCP clamav-milter
+leaves Nagle on and pays the delayed-ACK stall per message (~88 ms at p50); on a unix socket it
+does not. Under every table: CPU ms per message by program during the first load, from /proc.
 
 Per row and load: `count` messages of ~5 KB over 10 SMTP sessions (bench/smtp_load.py's workers);
 msg/s is the rate of 250 replies, and the row only counts ("valid") when every message got 250,
@@ -590,11 +594,13 @@ def cpu_table(results: dict[str, RowResult], kind: str) -> None:
         print(f"{r.name:<34}" + "".join(f" {cpu.get(g, 0.0):>12.2f}" for g in groups) + f" {sum(cpu.values()):>8.2f}")
 
 
-def run(args: argparse.Namespace) -> tuple[dict[str, RowResult], dict[str, Any] | None]:
+def run(args: argparse.Namespace) -> tuple[list[dict[str, RowResult]], dict[str, Any] | None]:
+    """Every row, `args.rounds` times in rotation (row A, row B, ..., A, B, ...): each round's ratios
+    compare rows measured minutes apart, so slow drift of the shared machine hits both sides alike."""
     missing = installed()
     if missing:
         raise SystemExit(f"peer milters not installed: {', '.join(missing)} (./run.sh installs them)")
-    results: dict[str, RowResult] = {}
+    rounds: list[dict[str, RowResult]] = []
     reference = None
     with ExitStack() as stack:
         if args.workdir:  # kept afterwards: every program's log and config, for a closer look
@@ -605,12 +611,62 @@ def run(args: argparse.Namespace) -> tuple[dict[str, RowResult], dict[str, Any] 
         work.chmod(0o755)
         s = Stack(work, stack)
         s.postfix  # noqa: B018 - start Postfix and the sink before the first row
-        for name in args.rows:
-            print(f"-- {name}", file=sys.stderr, flush=True)
-            results[name] = measure_row(s, name, args)
+        for number in range(1, args.rounds + 1):
+            results: dict[str, RowResult] = {}
+            for name in args.rows:
+                print(f"-- round {number}: {name}", file=sys.stderr, flush=True)
+                results[name] = measure_row(s, name, args)
+            rounds.append(results)
         if args.smtp_source:
             reference = smtp_source_reference(s, args.count)
-    return results, reference
+    return rounds, reference
+
+
+def summary(rounds: list[dict[str, RowResult]], loads: list[str]) -> list[dict[str, Any]]:
+    """Each ratio over the rounds: its values, and in how many rounds the target was met."""
+    per: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for results in rounds:
+        for x in ratios(results, loads):
+            if x["value"] is not None:
+                per.setdefault((x["ratio"], x["load"]), []).append(x)
+    return [
+        {
+            "ratio": label,
+            "load": load,
+            "values": [x["value"] for x in xs],
+            "paired": [x["paired"] for x in xs],
+            "target": xs[0]["target"],
+            "met_in": sum(1 for x in xs if x["met"]),
+            "rounds": len(xs),
+        }
+        for (label, load), xs in per.items()
+    ]
+
+
+def print_summary(rounds: list[dict[str, RowResult]], loads: list[str]) -> None:
+    print(f"\nover {len(rounds)} rounds (each ratio within one round; target met in k of n rounds)")
+    for x in summary(rounds, loads):
+        values = " ".join(f"{v:.2f}" for v in x["values"])
+        paired = " ".join(f"{v:.2f}" if v is not None else "-" for v in x["paired"])
+        print(f"  {x['ratio']:<30} {x['load']:<9} {values:<24} paired {paired:<24} met {x['met_in']}/{x['rounds']}")
+
+
+def rows_json(results: dict[str, RowResult], loads: list[str]) -> dict[str, Any]:
+    return {
+        "rows": {
+            name: {
+                "loads": r.loads,
+                "latency": r.latency,
+                "probes": r.probes,
+                "cpu_ms_per_message": r.cpu,
+                "valid": r.valid,
+                "notes": r.notes,
+                "unavailable": r.unavailable,
+            }
+            for name, r in results.items()
+        },
+        "ratios": ratios(results, loads),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -618,6 +674,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=400, help="messages per load (>= 400 for the issue's table)")
     parser.add_argument("--latency", type=int, default=60, help="messages sent one at a time for p50/p99")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="measure the rows this many times, in rotation")
     parser.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--loads", default="distinct,campaign", help="distinct, campaign or both")
     parser.add_argument("--no-smtp-source", dest="smtp_source", action="store_false")
@@ -643,27 +700,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every program started here is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    results, reference = run(args)
+    rounds, reference = run(args)
     if args.json:
-        doc = {
-            "rows": {
-                name: {
-                    "loads": r.loads,
-                    "latency": r.latency,
-                    "probes": r.probes,
-                    "cpu_ms_per_message": r.cpu,
-                    "valid": r.valid,
-                    "notes": r.notes,
-                    "unavailable": r.unavailable,
-                }
-                for name, r in results.items()
-            },
-            "smtp_source": reference,
-            "ratios": ratios(results, args.loads),
-        }
+        doc = {**rows_json(rounds[-1], args.loads), "smtp_source": reference}
+        if len(rounds) > 1:
+            doc["rounds"] = [rows_json(results, args.loads) for results in rounds]
+            doc["summary"] = summary(rounds, args.loads)
         print(json.dumps(doc, indent=2))
-    else:
-        report(results, reference, args)
+        return 0
+    for number, results in enumerate(rounds, 1):
+        if len(rounds) > 1:
+            print(f"\n=== round {number} of {len(rounds)}")
+        report(results, reference if number == len(rounds) else None, args)
+    if len(rounds) > 1:
+        print_summary(rounds, args.loads)
     return 0
 
 

@@ -201,6 +201,7 @@ def test_clamav_fdpass_on_the_unix_socket_never_streams(
             v = engine.scan(Message.from_bytes(message(EICAR.decode())), _scan_call())
             assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature.UNOFFICIAL",))
             assert engine.scan(Message.from_bytes(message(HAM_BODY)), _scan_call()).status is Status.CLEAN
+        assert engine._proven and engine.fdpass  # the EICAR proof came back FOUND from the real clamd
     finally:
         engine.close()
 

@@ -1,5 +1,6 @@
-"""Smoke run of bench/peers.py (issue 13's peer benchmark): two rows — Debian's clamav-milter and
-Quorum + ClamAV — through the real Postfix with ~20 messages each. Only that the harness works
+"""Smoke run of bench/peers.py (issue 13's peer benchmark): Debian's clamav-milter and Quorum + ClamAV,
+on TCP and on unix sockets (there Quorum passes clamd a descriptor, FILDES), through the real
+Postfix with ~20 messages each. Only that the harness works
 and the messages really arrived is asserted; the speed is the benchmark's business, never a test's."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = ("clamav-milter", "quorum + clamav")
+ROWS = ("clamav-milter", "quorum + clamav", "clamav-milter (unix sockets)", "quorum + clamav (unix sockets)")
 
 
 def test_peer_benchmark_delivers_through_both_rows() -> None:
@@ -29,3 +30,4 @@ def test_peer_benchmark_delivers_through_both_rows() -> None:
         assert (load["accepted"], load["delivered"]) == (20, 20), (name, load)
         assert row["probes"], f"{name}: the probe message before or after the load was not delivered"
         assert row["latency"]["refused"] == 0, (name, row["latency"])
+        assert row["cpu_ms_per_message"]["distinct"]["postfix"] > 0, (name, row["cpu_ms_per_message"])

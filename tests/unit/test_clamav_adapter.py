@@ -348,27 +348,50 @@ class FakeUnixClamd:
         self.server.close()
 
 
+PROOF = b"fd[9]: Eicar-Test-Signature FOUND\0"  # the answer to the EICAR proof made before the first message
+
+
 def test_fdpass_sends_the_whole_message_as_a_descriptor(tmp_path: Any) -> None:
     path = f"{tmp_path}/c.sock"
-    fake = FakeUnixClamd(path, [b"fd[9]: Eicar-Test-Signature FOUND\0"])
+    fake = FakeUnixClamd(path, [PROOF, b"fd[9]: Win.Test.X FOUND\0", b"fd[9]: OK\0"])
+    av = engine(path)
     try:
-        v = engine(path).scan(message(), call())
+        v = av.scan(message(), call())
+        assert av.scan(message(), call()).status is Status.CLEAN
     finally:
         fake.close()
-    assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature",))
-    assert fake.commands == [b"zFILDES"] and fake.files == [message().raw()]
+    assert (v.status, v.names) == (Status.INFECTED, ("Win.Test.X",))
+    assert fake.commands == [b"zFILDES"] * 3
+    assert fake.files[0].startswith(b"X5O!P%@AP") and fake.files[1:] == [message().raw()] * 2
+
+
+def test_a_clamd_that_cannot_read_the_descriptor_never_sees_mail_that_way(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The proof comes back OK (clamd saw nothing, say a confining profile): every message is streamed."""
+    path = f"{tmp_path}/c.sock"
+    fake = FakeUnixClamd(path, [b"fd[9]: OK\0", b"stream: Win.Test.X FOUND\0", b"stream: OK\0"])
+    av = engine(path)
+    try:
+        assert av.scan(message(), call()).status is Status.INFECTED
+        assert av.scan(message(), call()).status is Status.CLEAN
+    finally:
+        fake.close()
+    assert fake.commands == [b"zFILDES", b"zINSTREAM", b"zINSTREAM"] and not av.fdpass
+    assert "came back 'fd[9]: OK'" in caplog.text
 
 
 def test_fdpass_error_is_retried_as_a_stream(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     path = f"{tmp_path}/c.sock"
-    fake = FakeUnixClamd(path, [b"fd[9]: lstat() failed ERROR\0", b"stream: OK\0", b"stream: OK\0"])
+    replies = [PROOF, b"fd[9]: lstat() failed ERROR\0", b"stream: OK\0", b"stream: OK\0"]
+    fake = FakeUnixClamd(path, replies)
     av = engine(path)
     try:
         assert av.scan(message(), call()).status is Status.CLEAN
         assert av.scan(message(), call()).status is Status.CLEAN  # no second try: straight to INSTREAM
     finally:
         fake.close()
-    assert fake.commands == [b"zFILDES", b"zINSTREAM", b"zINSTREAM"]
+    assert fake.commands == [b"zFILDES", b"zFILDES", b"zINSTREAM", b"zINSTREAM"]
     assert "streaming messages (INSTREAM) until the next reload" in caplog.text
 
 

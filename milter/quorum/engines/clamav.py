@@ -8,8 +8,11 @@ FILDES (`fdpass`, on by default, unix sockets only, as `clamdscan --fdpass`): th
 to an anonymous memory file (memfd) and its descriptor passed with `zFILDES\\0` (SCM_RIGHTS); clamd
 scans it in place instead of copying the stream into a temporary file first (bench/clamd_fdpass.py:
 clamd CPU per 5 KB message 0.73 -> 0.18 ms). Replies read `fd[N]: OK`. Messages above FDPASS_MAX
-use INSTREAM (the memfd is RAM); a FILDES exchange that ends in ERROR is retried as INSTREAM and
-the engine streams from then on.
+use INSTREAM (the memfd is RAM). Before the first message goes that way clamd must prove it reads
+our descriptors (EICAR's test string passed as one comes back FOUND): a clamd that cannot (e.g.
+Debian's AppArmor profile for clamd limits the paths it may read) must never get a chance to
+answer OK for a message it did not see. A failed proof, or a FILDES exchange that ends in ERROR
+(retried as INSTREAM), makes the engine stream from then on.
 
 With `reuse = true` scans run on a small pool of `zIDSESSION` connections (replies are prefixed by
 the request id, `zEND` closes the session); any failure on a reused connection falls back to a
@@ -18,13 +21,14 @@ fresh one within the same budget. Off by default: see bench/clamd_reuse.py for t
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from quorum.config.fields import Table
@@ -42,6 +46,8 @@ MAX_REPLY = 4096  # one reply line; a virus name is < 200 bytes
 VERSION_TTL = 30.0  # how long a `VERSION` answer is reused (signature updates are hourly at best)
 SESSION_IDLE = 10.0  # pooled IDSESSION connections are dropped well before clamd's IdleTimeout (30 s)
 _TERMINATOR = struct.pack("!L", 0)
+# EICAR's test string (the FILDES proof), encoded so that a scanner does not report this file
+_EICAR_B64 = "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo="
 _Sender = Callable[[Connection, bytes], None]  # writes one command (and its payload) on a connection
 
 
@@ -67,13 +73,15 @@ class ClamAV(Engine):
         self._version_lock = threading.Lock()
         # descriptors only pass over a unix socket, to a clamd on this machine
         self.fdpass = bool(self.options.get("fdpass", True)) and self.address.startswith("/")
+        self._proven = False
+        self._proof_lock = threading.Lock()
 
     # --- Engine interface ---------------------------------------------------------------------
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
         line = ""
-        if self.fdpass and message.size <= FDPASS_MAX:
-            line = self._scan_fd(message, call)
+        if self.fdpass and message.size <= FDPASS_MAX and self._fdpass_proven(call):
+            line = self._scan_fd(message.chunks(CHUNK), call)
         if not line:
             line = self._command(call, lambda conn, cmd: _send_stream(conn, cmd, message), b"INSTREAM")
         status, name = parse_scan_reply(line)
@@ -81,11 +89,34 @@ class ClamAV(Engine):
             return self.verdict(Status.INFECTED, names=(name,))
         return self.verdict(Status.CLEAN)
 
-    def _scan_fd(self, message: Message, call: ScanCall) -> str:
+    def _fdpass_proven(self, call: ScanCall) -> bool:
+        """Whether clamd has shown that it reads our descriptors: once per engine, EICAR's test string
+        passed as a descriptor must come back FOUND. A clamd that cannot read it (a confining profile,
+        another mount namespace) must never answer "OK" for a message it did not see; until the proof
+        is in, and while another scan is making it, messages are streamed."""
+        if self._proven:
+            return True
+        if not self._proof_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._proven and self.fdpass:
+                line = self._scan_fd(iter((base64.b64decode(_EICAR_B64),)), call)
+                if line and parse_scan_reply(line)[0] is Status.INFECTED:
+                    self._proven = True
+                    log.info("%s: clamd scans passed descriptors (FILDES)", self.name)
+                elif line:
+                    self._fall_back(f"the EICAR test string passed as a descriptor came back {line[:80]!r}")
+        except EngineError as exc:  # no answer (timeout, refused): try again on a later scan
+            log.debug("%s: FILDES proof not made: %s", self.name, exc)
+        finally:
+            self._proof_lock.release()
+        return self._proven
+
+    def _scan_fd(self, chunks: Iterator[bytes], call: ScanCall) -> str:
         """A FILDES reply, or "" when the message should be streamed instead (clamd refused the
         descriptor, or no memfd here)."""
         try:
-            fd = _memfd(message)
+            fd = _memfd(chunks)
         except OSError as exc:
             self._fall_back(f"no memfd: {exc.strerror or exc}")
             return ""
@@ -100,7 +131,7 @@ class ClamAV(Engine):
 
     def _fall_back(self, reason: str) -> None:
         """Stream from now on (until a reload builds the engine again): a clamd that cannot read a
-        passed descriptor, e.g. under a confining profile, would otherwise cost two exchanges per scan."""
+        passed descriptor would otherwise cost two exchanges per scan."""
         self.fdpass = False
         log.warning(
             "%s: clamd could not scan a passed descriptor (%s); streaming messages (INSTREAM) until the next reload",
@@ -219,11 +250,11 @@ def _send_fd(conn: Connection, command: bytes, fd: int) -> None:
     conn.send_fd(b"\0", fd)
 
 
-def _memfd(message: Message) -> int:
-    """An anonymous in-memory file holding the whole message, positioned at its start."""
+def _memfd(chunks: Iterator[bytes]) -> int:
+    """An anonymous in-memory file holding `chunks` (the whole message), positioned at its start."""
     fd = os.memfd_create("quorum-scan", os.MFD_CLOEXEC)
     try:
-        for chunk in message.chunks(CHUNK):
+        for chunk in chunks:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
