@@ -97,24 +97,16 @@ class Connection:
         self._arm()
         try:
             self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            if self._call.cancelled:
-                raise EngineError("cancelled") from exc
-            raise PeerClosed(f"{self.peer} closed the connection while we were sending") from exc
         except OSError as exc:
-            raise self._error(exc) from exc
+            raise self._send_error(exc) from exc
 
     def send_fd(self, data: bytes, fd: int) -> None:
         """Write `data` (a few bytes) with the open file `fd` attached (SCM_RIGHTS, unix sockets only)."""
         self._arm()
         try:
             sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            if self._call.cancelled:
-                raise EngineError("cancelled") from exc
-            raise PeerClosed(f"{self.peer} closed the connection while we were sending") from exc
         except OSError as exc:
-            raise self._error(exc) from exc
+            raise self._send_error(exc) from exc
         if sent < len(data):
             self.send(data[sent:])  # the descriptor went with the first byte
 
@@ -203,6 +195,13 @@ class Connection:
         if self.closed:
             raise EngineError(f"{self.peer} connection already closed")
         self.sock.settimeout(_check(self._call))
+
+    def _send_error(self, exc: OSError) -> EngineError:
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            if self._call.cancelled:
+                return EngineError("cancelled")
+            return PeerClosed(f"{self.peer} closed the connection while we were sending")
+        return self._error(exc)
 
     def _error(self, exc: OSError) -> EngineError:
         return EngineError(f"{self.peer} I/O: {_reason(exc, self._call)}")
