@@ -43,14 +43,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
         yield cl
 
 
+REFUSED_RCPT = "gone@example.org"  # refused at RCPT by the access stage's recipient table
+
+
 def body(redis_table: str, rules: Path, clamd: Clamd, spamd: Spamd) -> str:
+    recipients = rules.parent / "recipient_access"
+    recipients.write_text(f"{REFUSED_RCPT} REJECT no such mailbox\n")
     return (
         '[policy]\non_virus = "reject"\non_spam = "tag"\n\n'
         + engine_table("clamav", "clamav", address=clamd.address)
         + engine_table("spamassassin", "spamassassin", address=spamd.address)
         + redis_table
         + '\n[records]\nflush_interval = "20ms"\n'
-        + f'\n[access]\nheader = "{rules}"\n'
+        + f'\n[access]\nheader = "{rules}"\nrecipient = "{recipients}"\n'
         + '\n[ratelimit]\nbackoff = "200ms"\nclient_ip = { messages = 2, per = "1h" }\n'
         + '[ratelimit.networks."127.0.0.0/8"]\nexempt = true\n'
     )
@@ -64,6 +69,8 @@ def load(smtp: int) -> tuple[list[tuple[str, SendResult, str]], Counter[str]]:
     for kind, text, subject in plan:
         token = uuid.uuid4().hex
         sent.append((kind, send(smtp, "alice@example.com", ["bob@example.org"], mail(token, text, subject)), token))
+    token = uuid.uuid4().hex  # every recipient refused at RCPT: the client gives up before DATA
+    sent.append(("norcpt", send(smtp, "dave@example.com", [REFUSED_RCPT], mail(token, HAM)), token))
     for _ in range(3):  # the third is refused at DATA by the client_ip bucket
         token = uuid.uuid4().hex
         result = send(smtp, "carol@example.net", ["bob@example.org"], mail(token, HAM), xclient={"ADDR": LIMITED_IP})
@@ -71,6 +78,7 @@ def load(smtp: int) -> tuple[list[tuple[str, SendResult, str]], Counter[str]]:
     expected: Counter[str] = Counter(
         {"clean/accept": 5, "virus/reject": 2, "spam/tag": 2, "unchecked/reject": 1}  # a rule decides first
     )
+    expected["refused/reject"] = 1  # the recipient refused at RCPT
     if REFUSALS_RECORDED:
         expected["refused/tempfail"] = 1
     return sent, expected
@@ -104,6 +112,7 @@ def test_mixed_load_is_counted_by_stats(
             ("virus", 554): 2,
             ("gtube", 250): 2,
             ("rule", 554): 1,
+            ("norcpt", 554): 1,  # RCPT refused; DATA then gets Postfix's "no valid recipients"
             ("limited", 250): 2,
             ("limited", 451): 1,
         }
@@ -142,6 +151,15 @@ def test_mixed_load_is_counted_by_stats(
         }, (kind, header, record["engines"])
         assert record["action"] == ("tag" if kind == "gtube" else "accept")
     assert stats(quorum.config_path, "--domain", "example.net")["records"] == (3 if REFUSALS_RECORDED else 2)
+    [norcpt] = [r for r in records if r.get("stage") == "rcpt"]
+    assert (norcpt["sender"], norcpt["recipients"], norcpt["refused_by"]) == (
+        "dave@example.com",
+        [REFUSED_RCPT],
+        "access",
+    )
+    [seen] = [result.rcpts[REFUSED_RCPT] for kind, result, _ in sent if kind == "norcpt"]  # what the client got
+    assert norcpt["reply_code"] == str(seen.code) and "no such mailbox" in norcpt["reply"] and seen.code >= 500
+    assert norcpt["refused_recipients"][0]["recipient"] == REFUSED_RCPT
 
 
 def _records(cluster: RedisCluster) -> list[dict[str, Any]]:
@@ -172,6 +190,7 @@ def test_redis_down_changes_nothing_for_mail(mail_stack: MailStack, clamd: Clamd
             ("virus", 554): 2,
             ("gtube", 250): 2,
             ("rule", 554): 1,
+            ("norcpt", 554): 1,  # RCPT refused; DATA then gets Postfix's "no valid recipients"
             ("limited", 250): 2,
             ("limited", 451): 1,
         }

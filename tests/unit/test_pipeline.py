@@ -399,3 +399,17 @@ def test_cascade_off_by_default_asks_everyone(pool: ThreadPoolExecutor) -> None:
     assert not cfg.policy.cascade
     result = run(pool, cfg)
     assert sorted(Fake.calls) == ["cheap", "costly"] and "skipped" not in str(result.edits.add)
+
+
+def test_recipients_refused_at_rcpt_are_noted_on_the_transaction() -> None:
+    pipeline = Pipeline(config({}, milter={"max_recipients": 1}))
+    try:
+        conn = Connection("192.0.2.1", "client.example", "client.example")
+        txn = pipeline.begin(conn, "alice@example.com")
+        assert pipeline.rcpt(txn, "bob@example.org") is None
+        reply = pipeline.rcpt(txn, "carol@example.org")
+        assert reply is not None and reply.code == "452"
+        assert [(r.stage, r.recipient, r.reply) for r in txn.rcpt_refusals] == [("limits", "carol@example.org", reply)]
+        assert txn.rcpt_refused == 1 and txn.envelope.recipients == ["bob@example.org"]
+    finally:
+        pipeline.close()

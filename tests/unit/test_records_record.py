@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from quorum.auth.spf import SpfResult
@@ -11,7 +10,7 @@ from quorum.message import Envelope
 from quorum.pipeline import replies
 from quorum.pipeline.policy import Decision
 from quorum.pipeline.stages import Action, Outcome
-from quorum.pipeline.transaction import AuthFindings, Connection, Scan, Transaction
+from quorum.pipeline.transaction import RCPT_REFUSALS_KEPT, AuthFindings, Connection, Refusal, Scan, Transaction
 from quorum.ratelimit.buckets import Charge
 from quorum.ratelimit.limiter import Reservation
 from quorum.ratelimit.settings import Rule
@@ -85,17 +84,49 @@ def test_a_refusal_at_data_is_recorded_with_its_bucket_kind() -> None:
     sink = Collect()
     stage = RecordsStage(sink)  # type: ignore[arg-type]
     txn = transaction()
-    stage.aborted(txn)  # RSET/QUIT before DATA: no message was offered, no record
+    stage.aborted(txn)  # RSET/QUIT before DATA with nothing refused: no message was offered, no record
     assert sink.records == []
     reply = replies.rate_limited("sender_domain example.net", 30)
-    txn.refusal = SimpleNamespace(stage="ratelimit", hook="data", reply=reply)  # type: ignore[attr-defined]
+    txn.refusal = Refusal("ratelimit", "data", reply)
     stage.aborted(txn)
     [r] = sink.records
     assert (r["verdict"], r["action"], r["stage"], r["refused_by"]) == ("refused", "tempfail", "data", "ratelimit")
     assert r["reply_code"] == "451" and r["ratelimit"] == {"refused": "sender_domain"}
-    txn.ratelimit_refused = "client_ip"  # type: ignore[attr-defined]  # typed kind, when the stage notes it
+    txn.refusal = Refusal("ratelimit", "data", reply, detail="client_ip")  # the kind, as the stage notes it
     stage.aborted(txn)
     assert sink.records[-1]["ratelimit"] == {"refused": "client_ip"}
+
+
+def test_recipients_refused_at_rcpt_are_recorded_when_the_client_gives_up() -> None:
+    sink = Collect()
+    stage = RecordsStage(sink)  # type: ignore[arg-type]
+    txn = transaction()
+    txn.envelope.recipients.clear()
+    listed = replies.dnsbl_listed("192.0.2.7", "zen.example")
+    for rcpt in ("a@Example.ORG", "b@example.com"):
+        txn.refused_recipient(Refusal("dnsbl", "rcpt", listed, recipient=rcpt))
+    stage.aborted(txn)  # QUIT after every RCPT was refused
+    [r] = sink.records
+    assert (r["verdict"], r["action"], r["stage"], r["refused_by"]) == ("refused", "reject", "rcpt", "dnsbl")
+    assert r["recipients"] == ["a@Example.ORG", "b@example.com"]
+    assert r["recipient_domains"] == ["example.com", "example.org"]
+    assert r["reply"] == str(listed) and r["refused_recipient_count"] == 2
+    assert [x["recipient"] for x in r["refused_recipients"]] == ["a@Example.ORG", "b@example.com"]
+
+
+def test_a_delivered_message_lists_the_recipients_refused_beside_it_and_keeps_only_the_first() -> None:
+    txn = transaction()
+    for i in range(RCPT_REFUSALS_KEPT + 50):
+        txn.refused_recipient(Refusal("access", "rcpt", replies.access_denied("no"), recipient=f"u{i}@example.org"))
+    r = record.from_outcome(txn, outcome())
+    assert r["recipients"] == ["bob@example.org"] and r["refused_recipient_count"] == RCPT_REFUSALS_KEPT + 50
+    assert len(r["refused_recipients"]) == RCPT_REFUSALS_KEPT
+    assert r["refused_recipients"][0] == {
+        "recipient": "u0@example.org",
+        "stage": "access",
+        "reply": r["refused_recipients"][0]["reply"],
+    }
+    assert r["refused_recipients"][0]["reply"].startswith("5")
 
 
 def test_finished_submits_one_record() -> None:

@@ -105,7 +105,10 @@ class ClamAV(Engine):
                     self._proven = True
                     log.info("%s: clamd scans passed descriptors (FILDES)", self.name)
                 elif line:
-                    self._fall_back(f"the EICAR test string passed as a descriptor came back {line[:80]!r}")
+                    self._fall_back(
+                        f"the EICAR test string passed as a descriptor came back {line[:80]!r}: clamd cannot"
+                        " read it, or its database does not detect EICAR"
+                    )
         except EngineError as exc:  # no answer (timeout, refused): try again on a later scan
             log.debug("%s: FILDES proof not made: %s", self.name, exc)
         finally:

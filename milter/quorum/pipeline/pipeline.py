@@ -70,6 +70,8 @@ class Pipeline:
                 txn = args[0] if args else None
                 if name in ("mail_from", "data") and isinstance(txn, Transaction) and txn.refusal is None:
                     txn.refusal = Refusal(stage.name, name, reply)
+                elif name == "rcpt" and isinstance(txn, Transaction) and reply.code:
+                    txn.refused_recipient(Refusal(stage.name, name, reply, recipient=str(args[1])))
                 return reply
         return None
 
@@ -92,6 +94,7 @@ class Pipeline:
         sending MTA delivers it in another transaction, so nothing is lost or scanned twice."""
         if len(txn.envelope.recipients) >= self.config.milter.max_recipients:
             metrics.LIMITS_HIT.labels("recipients").inc()
+            txn.refused_recipient(Refusal("limits", "rcpt", replies.TOO_MANY_RECIPIENTS, recipient=recipient))
             return replies.TOO_MANY_RECIPIENTS
         policy = self.tenants.policy_for(recipient)
         first = txn.policy is None or not txn.envelope.recipients
@@ -103,6 +106,7 @@ class Pipeline:
                 policy.domain or "global",
                 txn.policy.domain or "global",
             )
+            txn.refused_recipient(Refusal("tenants", "rcpt", replies.SEPARATE_TRANSACTION, recipient=recipient))
             return replies.SEPARATE_TRANSACTION
         if first:
             txn.policy = policy  # visible to the stages' rcpt hooks (DNSBL on/off per domain)

@@ -60,12 +60,16 @@ class AccessClass:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A stage refused the transaction before end-of-data (for session records)."""
+    """A stage refused the transaction (or, at RCPT, one recipient) before end-of-data (for session records)."""
 
     stage: str
     hook: str
     reply: Reply
     detail: str = ""
+    recipient: str = ""  # the recipient a refusal at RCPT was for
+
+
+RCPT_REFUSALS_KEPT = 100  # a client may try 100,000 recipients: the record keeps the first ones and the count
 
 
 @dataclass
@@ -83,7 +87,14 @@ class Transaction:
     sender_rewrite: str | None = None  # new envelope sender (BATV signing), applied at end-of-message
     recipient_rewrites: dict[str, str] = field(default_factory=dict)  # recipient as received -> replacement
     refusal: Refusal | None = None  # the first refusal at MAIL FROM or DATA
+    rcpt_refusals: list[Refusal] = field(default_factory=list)  # recipients refused at RCPT (the first ones)
+    rcpt_refused: int = 0  # how many recipients were refused at RCPT
     open: bool = True
+
+    def refused_recipient(self, refusal: Refusal) -> None:
+        self.rcpt_refused += 1
+        if len(self.rcpt_refusals) < RCPT_REFUSALS_KEPT:
+            self.rcpt_refusals.append(refusal)
 
     def access_class(self, recipient: str | None = None) -> AccessClass:
         """The access result of `recipient`, by default of the transaction (its first recipient)."""

@@ -56,6 +56,7 @@ def from_outcome(txn: Transaction, outcome: Outcome) -> dict[str, Any]:
     reservation = txn.reservation
     if reservation is not None:
         record["ratelimit"] = {"source": reservation.source, "buckets": sorted({c.kind for c in reservation.charges})}
+    _refused_recipients(record, txn)
     return record
 
 
@@ -67,7 +68,28 @@ def from_refusal(txn: Transaction, reply: Reply, stage: str, hook: str, detail: 
     kind = detail or (_ratelimit_kind(reply) if stage == "ratelimit" else "")
     if kind:
         record["ratelimit"] = {"refused": kind}
+    _refused_recipients(record, txn)
     return record
+
+
+def from_rcpt_refusals(txn: Transaction) -> dict[str, Any]:
+    """The record of a transaction that ended before DATA after recipients were refused at RCPT
+    (a DNSBL listing, an access rule, a limit): the refusals are what a complaint asks about."""
+    last = txn.rcpt_refusals[-1]
+    record = from_refusal(txn, last.reply, last.stage, "rcpt", last.detail)
+    if not txn.envelope.recipients:  # nobody accepted: the message was for the refused ones
+        refused = [r.recipient for r in txn.rcpt_refusals]
+        record["recipients"] = refused
+        record["recipient_domains"] = sorted({domain_of(r) for r in refused if domain_of(r)})
+    return record
+
+
+def _refused_recipients(record: dict[str, Any], txn: Transaction) -> None:
+    if txn.rcpt_refused:
+        record["refused_recipients"] = [
+            {"recipient": r.recipient, "stage": r.stage, "reply": str(r.reply)} for r in txn.rcpt_refusals
+        ]
+        record["refused_recipient_count"] = txn.rcpt_refused
 
 
 def engine(v: Verdict) -> dict[str, Any]:

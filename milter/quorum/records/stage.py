@@ -1,9 +1,11 @@
 """The records stage: at the end of every transaction, one record to the background writer.
 
 It only reports: no hook returns a reply, nothing it does can delay or change an SMTP answer.
-A transaction refused before end-of-data (a rate limit at DATA) is recorded when the pipeline
-noted the refusal on the transaction (`txn.refusal`: stage, hook, reply); RSET or QUIT before
-DATA leaves no record (no message was offered).
+A transaction refused before end-of-data is recorded from what the pipeline noted on it: a refusal
+at MAIL FROM or DATA (`txn.refusal`: stage, hook, reply, e.g. a rate limit), else the recipients
+refused at RCPT (`txn.rcpt_refusals`: DNSBL, access rules, limits; also listed in the record of a
+transaction that went on with other recipients). RSET or QUIT before DATA with nothing refused
+leaves no record: no message was offered and Quorum said no to nothing.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ class RecordsStage(Stage):
         self.writer.submit(record.from_outcome(txn, outcome))
 
     def aborted(self, txn: Transaction) -> None:
-        refusal: Any = getattr(txn, "refusal", None)
-        if refusal is None:
-            return
-        detail = str(getattr(refusal, "detail", "") or getattr(txn, "ratelimit_refused", "") or "")
-        self.writer.submit(record.from_refusal(txn, refusal.reply, refusal.stage, refusal.hook, detail))
+        refusal = txn.refusal
+        if refusal is not None:
+            self.writer.submit(record.from_refusal(txn, refusal.reply, refusal.stage, refusal.hook, refusal.detail))
+        elif txn.rcpt_refusals:
+            self.writer.submit(record.from_rcpt_refusals(txn))
 
     def close(self) -> None:
         self.writer.close()
