@@ -413,3 +413,59 @@ def test_recipients_refused_at_rcpt_are_noted_on_the_transaction() -> None:
         assert txn.rcpt_refused == 1 and txn.envelope.recipients == ["bob@example.org"]
     finally:
         pipeline.close()
+
+
+# --- a lone engine runs in the caller's thread -------------------------------------------------------
+
+
+def _lone_clamav(address: str, **table: Any) -> tuple[Pipeline, Result]:
+    cfg = parse_config({"engines": {"clamav": {"type": "clamav", "address": address, **table}}})
+    pipeline = Pipeline(cfg)
+    env = Envelope("192.0.2.1", "client.example", "client.example", "alice@example.com", ["bob@example.org"])
+    txn = Transaction(Connection(env.client_ip, env.client_name, env.helo), env)
+    message = Message.from_bytes(b"Subject: hi\r\n\r\nhello\r\n", env)
+    try:
+        return pipeline, pipeline.check(txn, message)
+    finally:
+        message.close()
+
+
+def test_a_lone_engine_scans_in_the_callers_thread_without_a_hand_off() -> None:
+    with FakeServer("reply", reply=b"stream: OK\0") as server:
+        pipeline, result = _lone_clamav(server.address)
+        try:
+            assert by_engine(result)["clamav"].status is Status.CLEAN
+            assert not pipeline.runners[0].executor._threads  # no worker was ever started
+        finally:
+            pipeline.close()
+
+
+def test_a_lone_engine_with_every_slot_taken_queues_on_its_pool() -> None:
+    with FakeServer("reply", reply=b"stream: OK\0") as server:
+        cfg = parse_config({"engines": {"clamav": {"type": "clamav", "address": server.address, "concurrency": 1}}})
+        pipeline = Pipeline(cfg)
+        runner = pipeline.runners[0]
+        assert runner._slots.acquire(blocking=False)  # another session's scan holds the only slot
+        threading.Timer(0.2, runner._slots.release).start()
+        env = Envelope("192.0.2.1", "c.example", "c.example", "alice@example.com", ["bob@example.org"])
+        message = Message.from_bytes(b"Subject: hi\r\n\r\nhello\r\n", env)
+        try:
+            result = pipeline.check(Transaction(Connection(env.client_ip), env), message)
+            assert by_engine(result)["clamav"].status is Status.CLEAN  # waited for the slot, then scanned
+            assert runner.executor._threads  # on the engine's own pool
+        finally:
+            message.close()
+            pipeline.close()
+
+
+def test_an_engine_behind_a_host_name_is_never_run_inline() -> None:
+    """getaddrinfo is not bounded by the scan deadline: such a scan stays on the pool."""
+    with FakeServer("reply", reply=b"stream: OK\0") as server:
+        port = server.address.rsplit(":", 1)[1]
+        pipeline, result = _lone_clamav(f"localhost:{port}")
+        try:
+            assert not pipeline.runners[0].engine.bounded_by_call
+            assert by_engine(result)["clamav"].status is Status.CLEAN
+            assert pipeline.runners[0].executor._threads
+        finally:
+            pipeline.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -72,6 +73,17 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def literal_address(address: str) -> bool:
+    """A unix socket path or an IP literal with a port: connecting needs no name lookup."""
+    if address.startswith("/"):
+        return True
+    try:
+        ipaddress.ip_address(split_host_port(address)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def validate_address(t: Table, name: str, default: str) -> str:
     """An engine address: host:port or an absolute unix socket path."""
     value = t.str(name, default)
@@ -90,6 +102,10 @@ class Engine:
     type_name: ClassVar[str] = ""
     category: ClassVar[Category] = Category.ANTIVIRUS
     default_max_size: ClassVar[int] = 25 * 1024 * 1024
+    # True when `scan` returns by the call's deadline whatever the engine does: all its I/O on the
+    # shared transport under the ScanCall, to an address that needs no name lookup (getaddrinfo
+    # is not bounded by the call). Only then may a scan run in the caller's thread.
+    bounded_by_call: bool = False
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings

@@ -33,7 +33,7 @@ from typing import Any
 
 from quorum.config.fields import Table
 from quorum.config.model import EngineSettings
-from quorum.engines.base import Engine, EngineError, ScanCall, validate_address
+from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
 from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
@@ -66,6 +66,7 @@ class ClamAV(Engine):
     def __init__(self, settings: EngineSettings) -> None:
         super().__init__(settings)
         self.address: str = self.options["address"]
+        self.bounded_by_call = literal_address(self.address)
         self._pool: ConnectionPool | None = None
         if self.options.get("reuse"):
             self._pool = ConnectionPool(max(1, settings.concurrency), SESSION_IDLE, on_close=_end_session)

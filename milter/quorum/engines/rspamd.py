@@ -24,7 +24,7 @@ import h11
 
 from quorum.config.fields import Table
 from quorum.config.model import EngineSettings
-from quorum.engines.base import Engine, EngineError, ScanCall
+from quorum.engines.base import Engine, EngineError, ScanCall, literal_address
 from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
 from quorum.message import Envelope, Message
 from quorum.verdict import Category, Status, Verdict
@@ -78,6 +78,7 @@ class Rspamd(Engine):
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.bounded_by_call = literal_address(self.address)
         self._tls_host = host if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
         self._headers: list[tuple[bytes, bytes]] = [

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from quorum.config.fields import Table
-from quorum.engines.base import Engine, EngineError, ScanCall, validate_address
+from quorum.config.model import EngineSettings
+from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
 from quorum.engines.transport import Connection, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
@@ -62,6 +63,10 @@ class SpamAssassin(Engine):
     type_name = "spamassassin"
     category = Category.ANTISPAM
     default_max_size = 512 * 1024  # spamc's own default (500 KB): SpamAssassin gets slow on big bodies
+
+    def __init__(self, settings: EngineSettings) -> None:
+        super().__init__(settings)
+        self.bounded_by_call = literal_address(self.options["address"])
 
     @classmethod
     def parse_options(cls, table: Table) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 `error` verdict. Nothing raises out of `run`.
 
 Each engine has its own bounded executor (its `concurrency` is its pool), so a slow engine queues
-only its own calls and cannot starve the others. A call that had not started by the time its
-fan-out ended is cancelled unstarted; a call cancelled by the pipeline (deadline or early exit)
-that started too late to have had a fair budget never counts against the breaker.
+only its own calls and cannot starve the others. A scan with nothing to run beside it may run in
+the caller's thread instead (`run_inline`), when one of the engine's `concurrency` slots is free:
+every scan holds a slot, wherever it runs, so the bound on the engine holds either way. A call that
+had not started by the time its fan-out ended is cancelled unstarted; a call cancelled by the
+pipeline (deadline or early exit) that started too late to have had a fair budget never counts
+against the breaker.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -43,6 +47,7 @@ class EngineRunner:
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
         self.cost = PRIOR_COST.get(s.type, 0.05)  # seconds per answered scan, EWMA (cascade order)
         self.executor = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix=f"quorum-{engine.name}")
+        self._slots = threading.BoundedSemaphore(s.concurrency)  # scans running now, pooled or inline
 
     @property
     def name(self) -> str:
@@ -50,11 +55,30 @@ class EngineRunner:
 
     def submit(self, message: Message, call: ScanCall) -> Future[Verdict]:
         try:
-            return self.executor.submit(self.run, message, call, call.remaining())
+            return self.executor.submit(self._pooled, message, call, call.remaining())
         except RuntimeError:  # shut down (stopping, or a replaced pipeline): an answer, not a traceback
             done: Future[Verdict] = Future()
             done.set_result(self.engine.verdict(Status.ERROR, error="stopping"))
             return done
+
+    def run_inline(self, message: Message, call: ScanCall) -> Verdict | None:
+        """The scan in the caller's thread (no hand-off to a worker and back), or None when every
+        slot is taken: then the caller submits it and it queues like any other."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            return self.run(message, call, call.remaining())
+        finally:
+            self._slots.release()
+
+    def _pooled(self, message: Message, call: ScanCall, budget: float) -> Verdict:
+        # A worker is free but inline scans may hold the slots: wait for one within the budget.
+        if not self._slots.acquire(timeout=max(0.0, call.remaining())):
+            return self.engine.verdict(Status.CANCELLED)  # its fan-out is over: not a trial of the engine
+        try:
+            return self.run(message, call, budget)
+        finally:
+            self._slots.release()
 
     def run(self, message: Message, call: ScanCall, budget: float | None = None) -> Verdict:
         engine = self.engine
