@@ -103,6 +103,9 @@ def bench(address: str, count: int, threads: int, size: int, rounds: int, clamd_
         engines = {m: engine(address, m, workers) for m in modes}
         for e in engines.values():  # warm-up (and open the sessions)
             run(e, messages[: workers * 2], workers)
+        for m, e in engines.items():
+            if m[1] and not (e.fdpass and e._proven):  # else the FILDES rows would quietly measure INSTREAM
+                raise SystemExit(f"{NAMES[m]}: clamd did not take the passed descriptor (see the warning above)")
         for _ in range(rounds):
             for m in modes:
                 cpu = cpu_seconds(clamd_pid)

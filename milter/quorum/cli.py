@@ -132,6 +132,9 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         if reply is not None:
             rcpt_replies[rcpt] = str(reply)
     early = early or pipeline.hook("data", txn)
+    # A dry run: what it refused is printed, never recorded as a session (abort gives back any
+    # rate-limit reservation and would otherwise write a record of these refusals).
+    txn.refusal, txn.rcpt_refusals, txn.rcpt_refused = None, [], 0
     if early is not None:
         pipeline.abort(txn)
         pipeline.close()

@@ -41,8 +41,10 @@ class ClamavMilter:
         self.clamd_address = clamd_address
         self.port = free_port()
         self.unix = unix
-        self.socket_path = Path(tempfile.mkdtemp(prefix="qcm-")) / "clamav-milter.ctl"  # short: sun_path
-        self.socket_path.parent.chmod(0o755)
+        self.socket_path = Path("/nonexistent")
+        if unix:
+            self.socket_path = Path(tempfile.mkdtemp(prefix="qcm-")) / "clamav-milter.ctl"  # short: sun_path
+            self.socket_path.parent.chmod(0o755)
         self.service = Service("clamav-milter", self.workdir)
 
     @property
@@ -82,7 +84,8 @@ class ClamavMilter:
 
     def stop(self) -> None:
         stop_service(self.service)
-        shutil.rmtree(self.socket_path.parent, ignore_errors=True)
+        if self.unix:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def __enter__(self) -> ClamavMilter:
         return self.start()

@@ -404,3 +404,28 @@ def test_messages_above_fdpass_max_are_streamed(tmp_path: Any, monkeypatch: pyte
     finally:
         fake.close()
     assert fake.commands == [b"zINSTREAM"]
+
+
+def test_a_clamd_without_descriptor_passing_settles_the_proof_at_once(tmp_path: Any) -> None:
+    path = f"{tmp_path}/c.sock"
+    fake = FakeUnixClamd(path, [b"UNKNOWN COMMAND\0", b"stream: OK\0", b"stream: OK\0"])
+    av = engine(path)
+    try:
+        for _ in range(2):
+            assert av.scan(message(), call()).status is Status.CLEAN
+    finally:
+        fake.close()
+    assert fake.commands == [b"zFILDES", b"zINSTREAM", b"zINSTREAM"] and not av.fdpass
+
+
+def test_a_proof_without_answer_is_tried_a_few_times_then_given_up(tmp_path: Any) -> None:
+    path = f"{tmp_path}/c.sock"
+    attempts = clamav_module.PROOF_ATTEMPTS
+    fake = FakeUnixClamd(path, [b"", b"stream: OK\0"] * attempts + [b"stream: OK\0"])
+    av = engine(path)
+    try:
+        for _ in range(attempts + 1):
+            assert av.scan(message(), call()).status is Status.CLEAN  # each message still scanned
+    finally:
+        fake.close()
+    assert fake.commands == [b"zFILDES", b"zINSTREAM"] * attempts + [b"zINSTREAM"] and not av.fdpass

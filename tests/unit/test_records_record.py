@@ -112,6 +112,12 @@ def test_recipients_refused_at_rcpt_are_recorded_when_the_client_gives_up() -> N
     assert r["recipient_domains"] == ["example.com", "example.org"]
     assert r["reply"] == str(listed) and r["refused_recipient_count"] == 2
     assert [x["recipient"] for x in r["refused_recipients"]] == ["a@Example.ORG", "b@example.com"]
+    assert "accepted_recipients" not in r
+    txn.envelope.recipients.append("ok@example.net")  # accepted, then the client quit before DATA
+    stage.aborted(txn)
+    r = sink.records[-1]
+    assert r["recipients"] == ["a@Example.ORG", "b@example.com"] and r["accepted_recipients"] == ["ok@example.net"]
+    assert r["recipient_domains"] == ["example.com", "example.org"]
 
 
 def test_a_delivered_message_lists_the_recipients_refused_beside_it_and_keeps_only_the_first() -> None:
@@ -121,12 +127,9 @@ def test_a_delivered_message_lists_the_recipients_refused_beside_it_and_keeps_on
     r = record.from_outcome(txn, outcome())
     assert r["recipients"] == ["bob@example.org"] and r["refused_recipient_count"] == RCPT_REFUSALS_KEPT + 50
     assert len(r["refused_recipients"]) == RCPT_REFUSALS_KEPT
-    assert r["refused_recipients"][0] == {
-        "recipient": "u0@example.org",
-        "stage": "access",
-        "reply": r["refused_recipients"][0]["reply"],
-    }
-    assert r["refused_recipients"][0]["reply"].startswith("5")
+    denied = str(replies.access_denied("no"))
+    assert r["refused_recipients"][0] == {"recipient": "u0@example.org", "stage": "access", "reply": denied}
+    assert denied.startswith("5")
 
 
 def test_finished_submits_one_record() -> None:

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 FDPASS_MAX = 4 * 1024 * 1024  # larger messages are streamed: a memfd of that size would be RAM
+PROOF_BUDGET = 2.0  # seconds the FILDES proof may take
+PROOF_ATTEMPTS = 3  # proofs without any answer before the engine streams for good (until reload)
 MAX_REPLY = 4096  # one reply line; a virus name is < 200 bytes
 VERSION_TTL = 30.0  # how long a `VERSION` answer is reused (signature updates are hourly at best)
 SESSION_IDLE = 10.0  # pooled IDSESSION connections are dropped well before clamd's IdleTimeout (30 s)
@@ -73,8 +75,11 @@ class ClamAV(Engine):
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         # descriptors only pass over a unix socket, to a clamd on this machine
-        self.fdpass = bool(self.options.get("fdpass", True)) and self.address.startswith("/")
+        self.fdpass = (
+            bool(self.options.get("fdpass", True)) and self.address.startswith("/") and hasattr(os, "memfd_create")
+        )
         self._proven = False
+        self._proof_failures = 0
         self._proof_lock = threading.Lock()
 
     # --- Engine interface ---------------------------------------------------------------------
@@ -94,37 +99,57 @@ class ClamAV(Engine):
         """Whether clamd has shown that it reads our descriptors: once per engine, EICAR's test string
         passed as a descriptor must come back FOUND. A clamd that cannot read it (a confining profile,
         another mount namespace) must never answer "OK" for a message it did not see; until the proof
-        is in, and while another scan is making it, messages are streamed."""
+        is in, and while another scan is making it, messages are streamed. The proof has its own short
+        budget, so a clamd that stalls on it costs the message in hand nothing but that."""
         if self._proven:
             return True
         if not self._proof_lock.acquire(blocking=False):
             return False
         try:
             if not self._proven and self.fdpass:
-                line = self._scan_fd(iter((base64.b64decode(_EICAR_B64),)), call)
-                if line and parse_scan_reply(line)[0] is Status.INFECTED:
-                    self._proven = True
-                    log.info("%s: clamd scans passed descriptors (FILDES)", self.name)
-                elif line:
-                    self._fall_back(
-                        f"the EICAR test string passed as a descriptor came back {line[:80]!r}: clamd cannot"
-                        " read it, or its database does not detect EICAR"
-                    )
-        except EngineError as exc:  # no answer (timeout, refused): try again on a later scan
-            log.debug("%s: FILDES proof not made: %s", self.name, exc)
+                self._prove(ScanCall(min(call.deadline, time.monotonic() + PROOF_BUDGET)))
         finally:
             self._proof_lock.release()
         return self._proven
 
+    def _prove(self, call: ScanCall) -> None:
+        try:
+            line = self._scan_fd(iter((base64.b64decode(_EICAR_B64),)), call)
+        except EngineError as exc:  # no answer (timeout, refused): try again on a later scan, a few times
+            self._proof_failures += 1
+            log.debug("%s: FILDES proof not made: %s", self.name, exc)
+            if self._proof_failures >= PROOF_ATTEMPTS:
+                self._fall_back(f"no answer to {PROOF_ATTEMPTS} attempts ({exc})")
+            return
+        if not line:
+            return  # _scan_fd fell back already
+        try:
+            found = parse_scan_reply(line)[0] is Status.INFECTED
+        except EngineError:  # e.g. UNKNOWN COMMAND: a clamd without descriptor passing
+            found = False
+        if found:
+            self._proven = True
+            log.info("%s: clamd scans passed descriptors (FILDES)", self.name)
+        else:
+            self._fall_back(
+                f"the EICAR test string passed as a descriptor came back {line[:80]!r}: clamd cannot"
+                " read it, or its database does not detect EICAR"
+            )
+
     def _scan_fd(self, chunks: Iterator[bytes], call: ScanCall) -> str:
         """A FILDES reply, or "" when the message should be streamed instead (clamd refused the
-        descriptor, or no memfd here)."""
+        descriptor, no memfd here, or this message could not be copied into one)."""
         try:
-            fd = _memfd(chunks)
+            fd = os.memfd_create("quorum-scan", os.MFD_CLOEXEC)
         except OSError as exc:
             self._fall_back(f"no memfd: {exc.strerror or exc}")
             return ""
         try:
+            try:
+                _fill(fd, chunks)
+            except OSError as exc:  # e.g. no memory for this one: stream it, keep passing the next ones
+                log.debug("%s: message not copied into a memfd (%s): streamed", self.name, exc)
+                return ""
             line = self._command(call, lambda conn, cmd: _send_fd(conn, cmd, fd), b"FILDES")
         finally:
             os.close(fd)
@@ -254,19 +279,13 @@ def _send_fd(conn: Connection, command: bytes, fd: int) -> None:
     conn.send_fd(b"\0", fd)
 
 
-def _memfd(chunks: Iterator[bytes]) -> int:
-    """An anonymous in-memory file holding `chunks` (the whole message), positioned at its start."""
-    fd = os.memfd_create("quorum-scan", os.MFD_CLOEXEC)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _fill(fd: int, chunks: Iterator[bytes]) -> None:
+    """Write `chunks` (the whole message) into the memfd and rewind it for clamd."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
 
 
 def _read_reply(conn: Connection) -> str:

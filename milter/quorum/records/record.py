@@ -2,13 +2,16 @@
 and its outcome (copies only, so the writer thread may serialise it later).
 
 Schema (version 1); absent facts are null or empty:
-  v, ts (epoch s), txn, instance, stage ("eom", or the hook that refused: "mail_from" | "data"),
+  v, ts (epoch s), txn, instance, stage ("eom", or the hook that refused: "mail_from" | "rcpt" | "data"),
   qid, sender, sender_domain, recipients, recipient_domains, client_ip, client_name, helo, auth_user,
   tenant, size, verdict (clean | spam | virus | unchecked | refused), action (what Postfix was
   answered), decided (the policy's action), reply, reply_code, score, elapsed_ms,
   engines: [{engine, category, status, score, threshold, elapsed_ms, error, detail, names}],
   degraded, left_out, reasons, spf, dkim, dmarc, dnsbl, rules,
-  ratelimit: {source, buckets} (what was charged) or {refused: KIND}, refused_by, facts.
+  ratelimit: {source, buckets} (what was charged) or {refused: KIND}, refused_by, facts,
+  refused_recipients: [{recipient, stage, reply}] (refused at RCPT, the first 100),
+  refused_recipient_count, accepted_recipients (stage "rcpt" only: accepted before the client gave up).
+A "rcpt" record lists the refused recipients under `recipients`: they are what it is about.
 """
 
 from __future__ import annotations
@@ -77,10 +80,11 @@ def from_rcpt_refusals(txn: Transaction) -> dict[str, Any]:
     (a DNSBL listing, an access rule, a limit): the refusals are what a complaint asks about."""
     last = txn.rcpt_refusals[-1]
     record = from_refusal(txn, last.reply, last.stage, "rcpt", last.detail)
-    if not txn.envelope.recipients:  # nobody accepted: the message was for the refused ones
-        refused = [r.recipient for r in txn.rcpt_refusals]
-        record["recipients"] = refused
-        record["recipient_domains"] = sorted({domain_of(r) for r in refused if domain_of(r)})
+    refused = [r.recipient for r in txn.rcpt_refusals]
+    if txn.envelope.recipients:  # some were accepted, then the client gave up before DATA
+        record["accepted_recipients"] = list(txn.envelope.recipients)
+    record["recipients"] = refused  # the refusal counts against these recipients' domains in `quorum stats`
+    record["recipient_domains"] = sorted({domain_of(r) for r in refused if domain_of(r)})
     return record
 
 
