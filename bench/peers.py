@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import cpu_share  # noqa: E402
-from smtp_load import _Stats, _transaction, _wait_delivered, _worker  # noqa: E402
+from smtp_load import _transaction, _wait_delivered, send_over_sessions  # noqa: E402
 from tests.harness.clamd import Clamd  # noqa: E402
 from tests.harness.dns import DnsServer, zone_text  # noqa: E402
 from tests.harness.peers import ClamavMilter, RspamdWithProxy, SpamassMilter, installed, milter_entry  # noqa: E402
@@ -319,21 +318,9 @@ def percentile(values: list[float], p: float) -> float:
 
 def load(port: int, msgs: list[bytes], sink: Sink, concurrency: int = CONCURRENCY) -> dict[str, Any]:
     """Send `msgs` over `concurrency` sessions (25 per connection); count 250s and deliveries."""
-    stats = _Stats()
     baseline = sink.count()
-    shares = [msgs[i::concurrency] for i in range(concurrency)]
-    threads = [
-        threading.Thread(target=_worker, args=(port, "127.0.0.1", share, 25, stats, 120.0), daemon=True)
-        for share in shares
-        if share
-    ]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    stats, seconds = send_over_sessions(port, msgs, concurrency)
     accepted = stats.codes[250]
-    seconds = (stats.last_ok or time.monotonic()) - start
     got, _ = _wait_delivered(lambda: sink.count() - baseline, accepted, 120.0)
     return {
         "count": len(msgs),

@@ -109,6 +109,28 @@ def _wait_delivered(delivered: Callable[[], int], target: int, timeout: float) -
     return count, time.monotonic()
 
 
+def send_over_sessions(
+    port: int,
+    messages: list[bytes],
+    concurrency: int = 10,
+    host: str = "127.0.0.1",
+    per_session: int = 25,
+    timeout: float = 120.0,
+) -> tuple[_Stats, float]:
+    """Send `messages` over `concurrency` parallel SMTP sessions (`per_session` messages per
+    connection); the reply counts and the seconds from the start to the last 250."""
+    shares = [messages[i::concurrency] for i in range(concurrency)]
+    stats = _Stats()
+    args = [(port, host, share, per_session, stats, timeout) for share in shares if share]
+    threads = [threading.Thread(target=_worker, args=a, daemon=True) for a in args]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return stats, (stats.last_ok or time.monotonic()) - start
+
+
 def run_load(
     port: int,
     count: int = 500,
@@ -127,18 +149,10 @@ def run_load(
     """
     run = uuid.uuid4().hex[:12]
     messages = [make_message(run, seq, size) for seq in range(count)]
-    shares = [messages[i::concurrency] for i in range(concurrency)]
-    stats = _Stats()
     baseline = delivered() if delivered else 0
-    args = [(port, host, share, per_session, stats, timeout) for share in shares if share]
-    threads = [threading.Thread(target=_worker, args=a, daemon=True) for a in args]
     start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    stats, smtp_seconds = send_over_sessions(port, messages, concurrency, host, per_session, timeout)
     accepted = stats.codes[250]
-    smtp_seconds = (stats.last_ok or time.monotonic()) - start
     result: dict[str, Any] = {
         "count": count,
         "concurrency": concurrency,

@@ -61,6 +61,20 @@ def body(redis_table: str, rules: Path, clamd: Clamd, spamd: Spamd) -> str:
     )
 
 
+# What the client sees for load()'s mix, by kind and final code, with Redis up or down.
+REPLIES = Counter(
+    {
+        ("clean", 250): 3,
+        ("virus", 554): 2,
+        ("gtube", 250): 2,
+        ("rule", 554): 1,
+        ("norcpt", 554): 1,  # RCPT refused; DATA then gets Postfix's "no valid recipients"
+        ("limited", 250): 2,
+        ("limited", 451): 1,
+    }
+)
+
+
 def load(smtp: int) -> tuple[list[tuple[str, SendResult, str]], Counter[str]]:
     """Send the mix; returns (kind, result, token) and the expected (verdict, action) counts."""
     sent = []
@@ -106,17 +120,7 @@ def test_mixed_load_is_counted_by_stats(
     quorum = mail_stack.start(body(table, rules, clamd, spamd))
     sent, expected = load(mail_stack.postfix.smtp_port)
     codes = Counter((kind, result.code) for kind, result, _ in sent)
-    assert codes == Counter(
-        {
-            ("clean", 250): 3,
-            ("virus", 554): 2,
-            ("gtube", 250): 2,
-            ("rule", 554): 1,
-            ("norcpt", 554): 1,  # RCPT refused; DATA then gets Postfix's "no valid recipients"
-            ("limited", 250): 2,
-            ("limited", 451): 1,
-        }
-    ), [(k, str(r.final)) for k, r, _ in sent]
+    assert codes == REPLIES, [(k, str(r.final)) for k, r, _ in sent]
     deadline = time.monotonic() + 15
     while True:
         s = stats(quorum.config_path)
@@ -184,17 +188,7 @@ def test_redis_down_changes_nothing_for_mail(mail_stack: MailStack, clamd: Clamd
     sent, _ = load(mail_stack.postfix.smtp_port)
     codes = Counter((kind, result.code) for kind, result, _ in sent)
     # the client_ip bucket counts in process while Redis is away: the same answers as with Redis
-    assert codes == Counter(
-        {
-            ("clean", 250): 3,
-            ("virus", 554): 2,
-            ("gtube", 250): 2,
-            ("rule", 554): 1,
-            ("norcpt", 554): 1,  # RCPT refused; DATA then gets Postfix's "no valid recipients"
-            ("limited", 250): 2,
-            ("limited", 451): 1,
-        }
-    )
+    assert codes == REPLIES
     for _kind, result, token in sent:
         if result.accepted:
             delivered(mail_stack.sink, token)
