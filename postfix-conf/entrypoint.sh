@@ -112,5 +112,13 @@ newaliases
 
 echo "quorum-postfix: myhostname=$MYHOSTNAME relay_domains=$RELAY_DOMAINS relayhost=$RELAYHOST"
 echo "quorum-postfix: smtpd_milters = $milters"
+# Locally submitted mail (sendmail/pickup) passes cleanup's non_smtpd_milters, not smtpd's.
+non_smtpd=$(postconf -h non_smtpd_milters)
+if [[ -z $non_smtpd ]]; then
+    echo "quorum-postfix: WARNING: non_smtpd_milters is empty: mail submitted with sendmail(1)" \
+        "would be queued unscanned; postfix-conf/main.cf sets it to \$smtpd_milters" >&2
+else
+    echo "quorum-postfix: non_smtpd_milters = $non_smtpd"
+fi
 postfix check
 exec postfix start-fg

@@ -34,11 +34,31 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(data: Mapping[str, Any], path: str | None = None) -> Config:
+    """Validate a TOML document; ConfigError listing every problem. Never anything else: a value no
+    validator foresaw is a reported error too, so `check-config` and a reload never crash on it."""
+    try:
+        return _parse_config(data, path)
+    except ConfigError:
+        raise
+    except RecursionError as exc:
+        raise ConfigError([f"{path or 'config'}: nested too deeply; flatten the arrays and tables"]) from exc
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise ConfigError(
+            [f"{path or 'config'}: cannot be validated ({type(exc).__name__}: {exc}); check the values it holds"]
+        ) from exc
+
+
+def _parse_config(data: Mapping[str, Any], path: str | None) -> Config:
     problems = Problems()
     root = Table(data, "", problems)
     milter, policy, replies = parse_core(root)
     engines = parse_engines(root.table("engines"), problems)
-    features = {f.name: f.parse(root) for f in FEATURES}
+    features: dict[str, Any] = {}
+    for f in FEATURES:
+        try:
+            features[f.name] = f.parse(root)
+        except Exception as exc:  # noqa: BLE001 - a validator's bug is a reported error, never a crash
+            problems.error(f.name, f"cannot be validated ({type(exc).__name__}: {exc}); check its tables")
     root.reject_unknown()
     config = Config(milter, policy, engines, features, replies, (), path)
     _cross_checks(config, problems)
@@ -67,9 +87,18 @@ def _cross_checks(config: Config, problems: Problems) -> None:
             problems.warn(
                 f"engines.{e.name}.max_size",
                 f"{e.max_size} is below milter.max_message_size ({milter.max_message_size}); "
-                "larger messages pass this engine unscanned (skipped). Raise max_size (and the engine's own "
+                "larger messages are not scanned by this engine (skipped; too large for every antivirus "
+                f'engine: on_oversize = "{milter.on_oversize}"). Raise max_size (and the engine\'s own '
                 "limit, e.g. clamd StreamMaxLength) or lower max_message_size",
             )
+    if milter.on_oversize == "accept":
+        problems.warn(
+            "milter.on_oversize",
+            '"accept" delivers messages over max_message_size (or over every antivirus engine\'s max_size) '
+            'unscanned, with a 250 (labelled "unchecked"); use "reject" (552) or "tempfail" (452) unless '
+            "every such message is known safe",
+        )
+    _antivirus_coverage(config, problems)
     spam_voters = [
         e for e in engines if e.enabled and e.mode == "vote" and adapter_class(e.type).category is Category.ANTISPAM
     ]
@@ -88,3 +117,19 @@ def _cross_checks(config: Config, problems: Problems) -> None:
                 '"accept": messages between the two are stored cut and their DKIM signatures read neutral '
                 "(never fail). Lower dkim_max_size to max_message_size or raise max_message_size",
             )
+
+
+def _antivirus_coverage(config: Config, problems: Problems) -> None:
+    """A policy (the global one, a file tenant's) under which no antivirus engine votes labels its
+    mail `unchecked`: said at load, so it is a choice and not an accident."""
+    from quorum.tenants.effective import FILE, GlobalLayer, merge, no_antivirus_warning
+
+    base = GlobalLayer(config)
+    gap = no_antivirus_warning(base.policy, config.engines)
+    if gap is not None and config.enabled_engines:  # no engine at all is no accident; one AV short is
+        problems.warn("engines", gap)
+    tenants = config.feature("tenants")
+    for name, entry in getattr(tenants, "domains", {}).items():
+        gap = no_antivirus_warning(merge(base, [(FILE, entry)]), config.engines)
+        if gap is not None:
+            problems.warn(f'domains."{name}"', gap)

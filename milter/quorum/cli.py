@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -282,10 +285,102 @@ def cmd_reload(config: Config) -> int:
         )
         return 2
     try:
-        pid = int(Path(pid_file).read_text().strip())
+        pid = running_pid(pid_file, config.path)
+    except ReloadRefused as exc:
+        print(f"error: {pid_file}: {exc}; nothing was signalled", file=sys.stderr)
+        return 1
+    try:
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         print(f"error: cannot signal the process in {pid_file}: {exc}", file=sys.stderr)
         return 1
     print(f"sent SIGHUP to {pid}")
     return 0
+
+
+class ReloadRefused(Exception):
+    """The pid file does not name a live `quorum run` of this config: nothing may be signalled."""
+
+
+def running_pid(pid_file: str, config_path: str | None) -> int:
+    """The pid in `pid_file`, checked to be a live `quorum run` of `config_path`.
+
+    A pid file is only a claim: it may be stale (the pid now belongs to another program), edited
+    (`-1` would signal every process, `0` our own group) or a symlink planted to read another file.
+    """
+    try:
+        fd = os.open(pid_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReloadRefused("is a symbolic link, not the pid file `quorum run` writes") from exc
+        raise ReloadRefused(f"cannot read it: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReloadRefused("is not a regular file")
+        raw = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    text = raw.decode("ascii", "replace").strip()
+    if not re.fullmatch(r"[0-9]{1,10}", text):
+        raise ReloadRefused(f"holds {text[:20]!r}, not a process id")
+    pid = int(text)
+    if pid == 0 or pid in (os.getpid(), os.getppid()):
+        raise ReloadRefused(f"names pid {pid}, which is never a `quorum run`")
+    # pid 1 is init, unless `quorum run` is a container's first process: the checks below tell.
+    argv, cwd = _process_argv(pid)
+    if argv is None:
+        raise ReloadRefused(f"names pid {pid}, which is not running (a stale pid file?)")
+    if not _is_quorum_run(argv):
+        shown = " ".join(argv)[:120]
+        raise ReloadRefused(f"names pid {pid}, which is not `quorum run` ({shown!r}); a stale pid file?")
+    theirs = _config_of(argv, cwd)
+    ours = str(Path(config_path).resolve()) if config_path else None
+    if theirs != ours:
+        raise ReloadRefused(
+            f"names pid {pid}, a `quorum run` of {theirs or 'the embedded default config'}, not of {ours}; "
+            "pass the config that process runs with -c"
+        )
+    return pid
+
+
+def _process_argv(pid: int) -> tuple[list[str] | None, str | None]:
+    """The command line of `pid` (None: no such process) and its working directory (None: unknown)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None, None
+    except OSError as exc:
+        raise ReloadRefused(f"names pid {pid}, whose command line cannot be read ({exc.strerror or exc})") from exc
+    if not raw:  # a zombie or a kernel thread
+        return None, None
+    try:
+        cwd: str | None = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        cwd = None
+    return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")], cwd
+
+
+def _is_quorum_run(argv: list[str]) -> bool:
+    """`quorum run ...`, `python .../bin/quorum run ...` or `python -m quorum run ...`."""
+    for i, arg in enumerate(argv[:3]):
+        if Path(arg).name == "quorum" or (arg == "quorum" and i > 0 and argv[i - 1] == "-m"):
+            return argv[i + 1 : i + 2] == ["run"]
+    return False
+
+
+def _config_of(argv: list[str], cwd: str | None) -> str | None:
+    """The resolved `-c`/`--config` of a `quorum run` command line (None: the embedded default)."""
+    rest = argv[argv.index("run") + 1 :]
+    value = None
+    for i, arg in enumerate(rest):
+        if arg in ("-c", "--config") and i + 1 < len(rest):
+            value = rest[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-c") and len(arg) > 2:
+            value = arg[2:]
+    if value is None:
+        return None
+    if not os.path.isabs(value) and cwd is None:
+        return f"{value} (relative to a directory that cannot be read)"
+    return os.path.realpath(os.path.join(cwd or "/", value))

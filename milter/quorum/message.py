@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import ipaddress
 import os
@@ -10,7 +11,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 _FIELD_NAME = re.compile(rb"^[!-9;-~]+[ \t]*$")  # RFC 5322 field name (printable, no colon); Postfix allows blanks
@@ -99,10 +99,14 @@ class SpoolClosed(OSError):
 
 
 class BodySpool:
-    """Body bytes in memory up to `memory_limit`, then in a private temporary file.
+    """Body bytes in memory up to `memory_limit`, then in a private temporary file without a name.
 
-    Readers are independent (each engine streams the body in its own thread); the temp file
-    is removed by `close()`, which every owner calls in a finally block.
+    The file is unlinked from the moment it exists (`O_TMPFILE`, or `mkstemp` and an immediate
+    unlink where the file system lacks it): a worker that is killed mid-message (SIGKILL, OOM,
+    power loss) leaves no mail content behind in the temp dir, and nothing else can open it.
+    Readers are independent (each engine streams the body in its own thread, each reader at its
+    own offset on a duplicate descriptor); `close()`, which every owner calls in a finally block,
+    releases the space (once the last reader is closed too).
     """
 
     def __init__(self, memory_limit: int = 1 << 20, tmpdir: str | None = None) -> None:
@@ -110,7 +114,6 @@ class BodySpool:
         self.tmpdir = tmpdir
         self._buffer = bytearray()
         self._file: BinaryIO | None = None
-        self._path: Path | None = None
         self.size = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -121,16 +124,14 @@ class BodySpool:
             self._buffer += chunk
             return
         if self._file is None:
-            fd, name = tempfile.mkstemp(prefix="quorum-body-", dir=self.tmpdir)
-            self._file = os.fdopen(fd, "wb")
-            self._path = Path(name)
+            self._file = os.fdopen(anonymous_file(self.tmpdir), "wb")
             self._file.write(self._buffer)
             self._buffer = bytearray()
         self._file.write(chunk)
 
     @property
     def on_disk(self) -> bool:
-        return self._path is not None
+        return self._file is not None
 
     def reader(self) -> BinaryIO:
         """A fresh reader. After `close()` (an engine call that outlived its transaction) this
@@ -140,21 +141,75 @@ class BodySpool:
                 raise SpoolClosed("message body already released (its transaction ended)")
             if self._file is not None:
                 self._file.flush()
-                assert self._path is not None
-                return open(self._path, "rb")  # the open fd keeps the data even once unlinked
+                # its own descriptor: the data stays readable even once the spool is closed
+                return io.BufferedReader(_PositionalReader(self._file.fileno()), 65536)
             return io.BytesIO(bytes(self._buffer))
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            file, path, self._file, self._path = self._file, self._path, None, None
+            file, self._file = self._file, None
             self._buffer = bytearray()
         if file is not None:
-            try:
-                file.close()
-            finally:
-                if path is not None:
-                    path.unlink(missing_ok=True)
+            file.close()
+
+
+SPOOL_PREFIX = "quorum-body-"  # name of the short-lived fallback file (and of older releases' spool files)
+_NO_TMPFILE = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
+)  # the kernel or file system cannot make an unnamed file: make a named one and unlink it
+
+
+def anonymous_file(directory: str | None = None) -> int:
+    """A read-write descriptor (mode 0600, close-on-exec) on a new file in `directory` (default: the
+    system temp dir, i.e. $TMPDIR) that has no name in any directory.
+
+    Linux `O_TMPFILE | O_EXCL`: the file never has a name and can never be linked into the file
+    system. Elsewhere (or on a file system without it) `mkstemp` and an immediate unlink: the name
+    exists for the few microseconds between the two calls only. OSError (no such directory, disk
+    full, no permission) is the caller's to report.
+    """
+    where = directory or tempfile.gettempdir()
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        try:
+            return os.open(where, flag | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+    fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=where)
+    try:
+        os.unlink(name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _PositionalReader(io.RawIOBase):
+    """Reads a file from its start through a duplicate of `fd` with `pread`: its own offset, shared
+    with no other reader or the writer, and its own lifetime (closing the spool does not end it)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = -1
+        self._fd = os.dup(fd)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = os.pread(self._fd, len(buf), self._pos)
+        n = len(data)
+        buf[:n] = data
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+        super().close()
 
 
 class _ChainReader(io.RawIOBase):

@@ -41,7 +41,7 @@ LIMITS_HIT = Counter("quorum_input_limits_total", "Transactions that hit an inpu
 CIRCUIT_OPEN = Gauge("quorum_engine_circuit_open", "1 while the engine's circuit breaker is open", ["engine"])
 ENGINE_FAILURES = Counter(
     "quorum_engine_failures_total",
-    "Engine scans without an answer: timeout, error, or skipped because the circuit was open",
+    "Engine scans without an answer: timeout, queued (no free slot in time), error, or circuit open",
     ["engine", "category", "reason"],
 )
 ANTIVIRUS_UNAVAILABLE = Counter(
@@ -125,9 +125,10 @@ def observe(label: str, action: str, verdicts: list[Verdict], elapsed: float, te
 
 
 def failure_reason(v: Verdict) -> str | None:
-    """The failure label (timeout, error, circuit_open) of a scan that should have answered and did not."""
+    """The failure label (timeout, queued, error, circuit_open) of a scan that should have answered
+    and did not; `queued`: it waited for a free slot of its engine past its deadline (saturation)."""
     if v.status is Status.ERROR:
-        return "timeout" if v.error == "timeout" else "error"
+        return v.error if v.error in ("timeout", "queued") else "error"
     if v.detail == "circuit-open":
         return "circuit_open"
     return None

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+# An antivirus verdict's `detail` when the engine stopped at one of its own limits (clamd's
+# AlertExceedsMax: nesting, size, file count, scan time): the content was not scanned whole. The
+# status is INFECTED, so it can never pass as clean; the policy words the refusal as unscannable.
+LIMITS_EXCEEDED = "limits-exceeded"
+
 
 class Category(StrEnum):
     ANTIVIRUS = "antivirus"

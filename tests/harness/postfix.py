@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.harness.ports import free_port
@@ -45,6 +45,7 @@ POSTFIX = shutil.which("postfix", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin
 POSTQUEUE = shutil.which("postqueue", path="/usr/sbin:/usr/bin") or "/usr/sbin/postqueue"
 POSTSUPER = shutil.which("postsuper", path="/usr/sbin:/usr/bin") or "/usr/sbin/postsuper"
 POSTCAT = shutil.which("postcat", path="/usr/sbin:/usr/bin") or "/usr/sbin/postcat"
+SENDMAIL = shutil.which("sendmail", path="/usr/sbin:/usr/lib") or "/usr/sbin/sendmail"
 
 # chroot is "n" everywhere, so no chroot jail has to be populated.
 MASTER_CF = """\
@@ -412,6 +413,21 @@ class PostfixInstance:
     def postcat(self, queue_id: str) -> str:
         """`postcat -q`: envelope, headers and body of a queued message."""
         return self._run([POSTCAT, "-c", str(self.config_dir), "-q", queue_id])
+
+    def sendmail(
+        self, sender: str, recipients: Sequence[str], message: bytes, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Submit `message` as a local program does: this instance's sendmail(1) -> postdrop ->
+        maildrop -> pickup -> cleanup, where `non_smtpd_milters` (not smtpd_milters) apply.
+
+        `-C` and MAIL_CONFIG both name this instance's config_directory, so the message lands in
+        its maildrop (postdrop is set-gid and rejects a foreign config directory unless run by
+        root, which the harness is). The result is sendmail's exit status and output; whether
+        the message was then accepted is decided later, by pickup/cleanup and the milter.
+        """
+        argv = [SENDMAIL, "-C", str(self.config_dir), "-i", "-f", sender, "--", *recipients]
+        env = {**os.environ, "MAIL_CONFIG": str(self.config_dir)}
+        return subprocess.run(argv, input=message, capture_output=True, env=env, timeout=timeout, check=False)
 
     def log_text(self) -> str:
         try:

@@ -1,4 +1,5 @@
-"""Rate limits against real Redis: a single server, a 3-master Cluster and a Sentinel setup.
+"""Rate limits against real Redis: a single server, a 3-master Cluster and a Sentinel setup, each
+with an ACL user and password (the `default` user off), and once more over TLS.
 
 Library level (no Postfix): the stage and limiter as the milter uses them, the script's
 arithmetic against the reference model, concurrency across threads and processes, faults.
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
-from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisSentinel, RedisServer, make_tls
 from tests.unit.test_ratelimit_gcra import Clock, Spec, replay, scenarios
 
 from quorum.assembly import parse_config
@@ -42,6 +43,7 @@ from quorum.ratelimit.stage import RateLimitStage
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+AUTH = RedisAuth()  # every Redis of this module requires it
 
 
 @dataclass
@@ -100,17 +102,31 @@ def cluster(cl: RedisCluster) -> Deployment:
 
 def sentinel(sn: RedisSentinel) -> Deployment:
     def masters() -> list[redis.Redis]:
-        addr = sn.master_address()
-        assert addr is not None
-        return [redis.Redis(host=addr[0], port=addr[1], socket_timeout=5)]
+        return [sn.master_client()]
 
-    table = {"sentinels": [f"{h}:{p}" for h, p in sn.sentinels], "service_name": sn.service_name}
+    table: dict[str, Any] = {"sentinels": [f"{h}:{p}" for h, p in sn.sentinels], "service_name": sn.service_name}
+    if sn.auth:  # the url gives the master's user, password (and TLS); its address comes from the sentinels
+        table["url"] = sn.master.url
+        table["sentinel_password"] = sn.auth.password
     return Deployment("sentinel", table, masters)
 
 
 @pytest.fixture(scope="module")
+def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """This module's Redis requires the ACL user and password (conftest's does not)."""
+    with RedisServer(tmp_path_factory.mktemp("redis"), auth=AUTH) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with RedisCluster(tmp_path_factory.mktemp("cluster"), auth=AUTH) as cl:
+        yield cl
+
+
+@pytest.fixture(scope="module")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
-    with RedisSentinel(tmp_path_factory.mktemp("sentinel")) as sn:
+    with RedisSentinel(tmp_path_factory.mktemp("sentinel"), auth=AUTH) as sn:
         yield sn
 
 
@@ -453,7 +469,7 @@ def _wait_recovered(stage: RateLimitStage, caplog: pytest.LogCaptureFixture, sec
 
 def test_single_redis_killed_and_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "quorum.ratelimit")
-    with RedisServer(tmp_path / "r") as server:
+    with RedisServer(tmp_path / "r", auth=AUTH) as server:
         stage = _fault_stage(single(server))
         keep_sending(stage, lambda: True, 1)
         server.kill()
@@ -472,7 +488,7 @@ def test_single_redis_killed_and_restarted(tmp_path: Path, caplog: pytest.LogCap
 
 def test_cluster_master_killed_and_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "quorum.ratelimit")
-    with RedisCluster(tmp_path / "c") as cl:
+    with RedisCluster(tmp_path / "c", auth=AUTH) as cl:
         d = cluster(cl)
         stage = _fault_stage(d)
         keep_sending(stage, lambda: True, 1)
@@ -492,7 +508,7 @@ def test_cluster_master_killed_and_restarted(tmp_path: Path, caplog: pytest.LogC
 
 def test_sentinel_failover(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "quorum.ratelimit")
-    with RedisSentinel(tmp_path / "s") as sn:
+    with RedisSentinel(tmp_path / "s", auth=AUTH) as sn:
         d = sentinel(sn)
         stage = _fault_stage(d)
         keep_sending(stage, lambda: True, 1)
@@ -515,7 +531,7 @@ def test_unreachable_redis_costs_one_short_timeout(tmp_path: Path) -> None:
     """A hung Redis (SIGSTOP: connects, never answers) costs one socket timeout per backoff period."""
     import signal
 
-    with RedisServer(tmp_path / "r") as server:
+    with RedisServer(tmp_path / "r", auth=AUTH) as server:
         s = single(server).settings({"sender_domain": {"messages": 1000, "per": "1h"}, "backoff": "1s"})
         stage = RateLimitStage(s, make_limiter(s))
         assert admitted(stage, msg())
@@ -531,3 +547,52 @@ def test_unreachable_redis_costs_one_short_timeout(tmp_path: Path) -> None:
         finally:
             server.service.signal(signal.SIGCONT)
         stage.close()
+
+
+@pytest.mark.parametrize("mode", ["single", "cluster", "sentinel"])
+def test_tls_and_password_file(mode: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """rediss:// with tls_ca_file and the password in password_file (not in the config), for each
+    deployment; a wrong password is Redis down: fail open with the in-process limiter, one warning."""
+    tls = make_tls(tmp_path / "tls")
+    auth = RedisAuth()
+    ctx: Any = (
+        RedisServer(tmp_path / "r", auth=auth, tls=tls)
+        if mode == "single"
+        else RedisCluster(tmp_path / "c", auth=auth, tls=tls)
+        if mode == "cluster"
+        else RedisSentinel(tmp_path / "s", auth=auth, tls=tls, replica=False)
+    )
+    with ctx as server:
+        d = single(server) if mode == "single" else cluster(server) if mode == "cluster" else sentinel(server)
+        password = auth.write_password(tmp_path / "redis-password")
+        table = dict(d.redis_table)
+        for node in [server] if mode == "single" else getattr(server, "nodes", [getattr(server, "master", None)]):
+            assert node is not None and node.tls is not None
+        table["url"] = table["url"].replace(f":{auth.password}@", "@")
+        assert auth.password not in table["url"]
+        table.pop("sentinel_password", None)
+        table.update({"password_file": str(password), "tls_ca_file": str(tls.ca_file)})
+        if mode == "sentinel":
+            table["sentinel_password_file"] = str(password)
+        limits = {"sender_domain": {"messages": 1000, "per": "1h"}}
+        config = parse_config({"redis": table, "ratelimit": limits})
+        assert config.warnings == ()
+        s = config.feature("ratelimit")
+        stage = RateLimitStage(s, make_limiter(s))
+        try:
+            for _ in range(3):
+                assert admitted(stage, msg())
+            assert not stage.limiter.degraded
+            d.owner("quorum:rl:sd:m1h:{example.com}")  # counted in Redis (raises when no master holds it)
+        finally:
+            stage.close()
+        caplog.set_level(logging.INFO, "quorum.ratelimit")
+        password.write_text("wrong\n")
+        s = parse_config({"redis": table, "ratelimit": limits}).feature("ratelimit")
+        stage = RateLimitStage(s, make_limiter(s))
+        try:
+            for _ in range(3):
+                assert admitted(stage, msg())  # fail open
+            assert stage.limiter.degraded and "Redis unavailable" in caplog.text
+        finally:
+            stage.close()

@@ -1,5 +1,6 @@
 """The verdict cache against the real programs: clamd (its signature version keys the entries, and
-reloading a new database invalidates them) and Redis, single and Cluster (one round trip a message)."""
+reloading a new database invalidates them) and Redis, single and Cluster (one round trip a message),
+each with an ACL user and password (and TLS), the entries signed with `[redis] hmac_key_file`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.harness.clamd import Clamd
-from tests.harness.redis_server import RedisCluster, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer, make_tls
 
 import quorum.engines.clamav as clamav_mod
 from quorum.assembly import parse_config
@@ -87,16 +88,23 @@ def test_a_signature_update_invalidates_cached_verdicts(own_clamd: Clamd, tmp_pa
         pipeline.close()
 
 
-@pytest.mark.parametrize("deployment", ["single", "cluster"])
+@pytest.mark.parametrize("deployment", ["single", "single+tls", "cluster", "cluster+tls"])
 def test_shared_through_redis_with_one_round_trip(
     deployment: str, own_clamd: Clamd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if deployment == "single":
-        ctx: RedisServer | RedisCluster = RedisServer(tmp_path / "redis")
-        redis_table: dict[str, object] = {}
+    auth = RedisAuth()
+    tls = make_tls(tmp_path / "tls") if deployment.endswith("+tls") else None
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text("k" * 32)
+    key_file.chmod(0o600)
+    redis_table: dict[str, object] = {"hmac_key_file": str(key_file)}
+    if tls:
+        redis_table["tls_ca_file"] = str(tls.ca_file)
+    if deployment.startswith("single"):
+        ctx: RedisServer | RedisCluster = RedisServer(tmp_path / "redis", auth=auth, tls=tls)
     else:
-        ctx = RedisCluster(tmp_path / "cluster")
-        redis_table = {"cluster": True}
+        ctx = RedisCluster(tmp_path / "cluster", auth=auth, tls=tls)
+        redis_table["cluster"] = True
     with ctx as server:
         url = server.url if isinstance(server, RedisServer) else server.urls[0]
         config = parse_config(
@@ -106,6 +114,7 @@ def test_shared_through_redis_with_one_round_trip(
                 "verdict_cache": {"local_entries": 0},
             }
         )
+        assert config.warnings == ()
         settings = config.feature("verdict_cache")
         one, other = make_cache(settings), make_cache(settings)  # two Quorum instances
         engine = Pipeline(config).runners[0].engine
@@ -114,6 +123,7 @@ def test_shared_through_redis_with_one_round_trip(
             v2 = other.scan(engine, mail(b"shared body"), ScanCall(time.monotonic() + 10))
             assert v1.status is Status.CLEAN and v2.extra.get("cache") == "hit"
             assert one.store.round_trips == 1 and other.store.round_trips == 1
+            assert one.store.forged == 0 and other.store.forged == 0
         finally:
             one.store.close()
             other.store.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quorum.access.settings import AccessSettings, is_exempt
-from quorum.access.stage import OK, AccessStage
+from quorum.access.stage import OK, SENDER_OK, AccessStage
 from quorum.message import Message
 from quorum.pipeline.stages import Action
 from quorum.pipeline.transaction import Connection, Findings, Transaction
@@ -62,7 +62,7 @@ def test_reject_beats_ok(stage: AccessStage) -> None:
 
 
 def test_ok_marks_the_transaction_and_skips_spam_verdicts(stage: AccessStage) -> None:
-    s = session(sender="friend@partner.test")
+    s = session(ip="192.0.2.50")  # client-table OK
     assert add(stage, s, "u@rcpt.test") is None
     assert s.access_class().name == OK
     ctx = (
@@ -70,6 +70,34 @@ def test_ok_marks_the_transaction_and_skips_spam_verdicts(stage: AccessStage) ->
         or Findings()
     )
     assert ctx.skip_spam and ctx.log["access"].startswith("ok(")
+
+
+def test_a_sender_ok_alone_skips_nothing_until_the_sender_is_verified(stage: AccessStage) -> None:
+    """Issue 17, item 7: the envelope sender is forgeable; the auth stage verifies it (SPF/DKIM)."""
+    s = session(sender="friend@partner.test")
+    assert add(stage, s, "u@rcpt.test") is None
+    assert s.access_class().name == SENDER_OK
+    ctx = (
+        stage.examine(s, Message.from_bytes(b"Subject: hello\r\n\r\nx\r\n", s.envelope), time.monotonic() + 5)
+        or Findings()
+    )
+    assert not ctx.skip_spam and ctx.log["access"].startswith("sender_ok(")
+
+
+def test_a_sender_ok_of_an_authenticated_session_is_an_ok(stage: AccessStage) -> None:
+    s = session(sender="friend@partner.test")
+    s.envelope.macros["{auth_authen}"] = "friend"
+    assert add(stage, s, "u@rcpt.test") is None
+    assert s.access_class().name == OK
+
+
+def test_client_or_recipient_ok_wins_over_a_sender_ok(stage: AccessStage) -> None:
+    s = session(ip="192.0.2.50", sender="friend@partner.test")
+    add(stage, s, "u@rcpt.test")
+    assert s.access_class().name == OK
+    s = session(sender="friend@partner.test")
+    add(stage, s, "u@vip.test")
+    assert s.access_class().name == OK
 
 
 def test_a_recipient_with_another_access_result_waits_for_its_own_transaction(stage: AccessStage) -> None:

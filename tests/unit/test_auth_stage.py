@@ -168,12 +168,36 @@ def test_oversized_message_is_not_dkim_verified(dns: FakeResolver, key: DkimKey)
 
 def test_truncated_message_is_never_judged_as_if_whole(dns: FakeResolver, key: DkimKey) -> None:
     """Defect 3: a body cut at max_message_size (on_oversize = "accept") must not make DKIM fail,
-    and so must not turn a spoofing-free message into a DMARC p=reject refusal."""
-    raw = key.sign(message("a@reject.test"))
+    and so must not turn an aligned-signed message into a DMARC p=reject refusal."""
+    raw = key.sign(message("a@signed.test"))  # signed by the From: domain; SPF fails (BAD client)
     ctx, _ = run(make(dns, dmarc_enforce="reject"), raw, truncated=True)
     assert "dkim=neutral (not verified: body not stored whole)" in ar(ctx)
     assert ctx.reply is None and not ctx.spam_flag
     assert ctx.log["dmarc_action"] == "none(body not stored whole)"
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed-by-another-domain"])
+def test_truncated_spoof_without_an_aligned_signature_is_still_refused(
+    dns: FakeResolver, key: DkimKey, signed: bool
+) -> None:
+    """Issue 17, item 3: padding a spoof past max_message_size must not lift DMARC: with SPF failing
+    and no DKIM signature aligned with the From: domain, the body cannot change the outcome."""
+    raw = message("ceo@reject.test")
+    raw = key.sign(raw) if signed else raw  # d=signed.test: not aligned with reject.test
+    ctx, _ = run(make(dns, dmarc_enforce="reject"), raw, truncated=True)
+    assert "dmarc=fail" in ar(ctx)
+    assert ctx.reply is not None and ctx.reply.action == Action.REJECT
+    assert ctx.log["dmarc_action"] == "reject"
+
+
+def test_truncated_spoof_p_quarantine_is_still_a_spam_vote(dns: FakeResolver) -> None:
+    ctx, _ = run(make(dns, dmarc_enforce="reject"), message("ceo@quarantine.test"), truncated=True)
+    assert ctx.spam_flag and ctx.log["dmarc_action"] == "quarantine"
+
+
+def test_truncated_with_aligned_spf_passes(dns: FakeResolver) -> None:
+    ctx, _ = run(make(dns, dmarc_enforce="reject"), message("ceo@reject.test"), ip=GOOD, truncated=True)
+    assert "dmarc=pass" in ar(ctx) and ctx.reply is None
 
 
 def test_unsigned_mail_is_not_read_for_dkim(dns: FakeResolver, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,3 +226,23 @@ def test_checker_bug_is_contained(dns: FakeResolver, key: DkimKey, monkeypatch: 
     monkeypatch.setattr(mod, "verify_dkim", boom)
     ctx, _ = run(make(dns), key.sign(message("a@none.test")))
     assert ctx.log["auth_error"] == "RuntimeError"
+
+
+def test_a_check_whose_transaction_ended_reads_no_traceback_into_the_log(
+    dns: FakeResolver, key: DkimKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 12: a late check that finds its body released (SpoolClosed: the transaction
+    ended while it ran) is quiet; a real checker bug still logs its traceback."""
+    import logging
+
+    stage = make(dns)
+    txn = new_txn()
+    env = txn.envelope
+    env.client_ip, env.sender = GOOD, "bounce@signed.test"
+    msg = Message.from_bytes(key.sign(message("a@signed.test")), env)
+    msg.close()  # what the session does when the transaction ends
+    txn.open = False
+    with caplog.at_level(logging.DEBUG, logger="quorum.auth"):
+        found = stage.examine(txn, msg, time.monotonic() + 5)
+    assert found.log.get("auth_error") == "SpoolClosed"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text

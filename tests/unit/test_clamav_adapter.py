@@ -107,6 +107,50 @@ def test_found_reply_names_the_signature() -> None:
     with FakeEngine("reply", reply=b"stream: Eicar-Test-Signature FOUND\0") as fake:
         v = engine(fake.address).scan(message(), call())
     assert (v.status, v.names) == (Status.INFECTED, ("Eicar-Test-Signature",))
+    assert v.detail is None and "limit" not in v.extra
+
+
+@pytest.mark.parametrize(
+    ("name", "limit"),
+    [
+        ("Heuristics.Limits.Exceeded.MaxRecursion", "MaxRecursion"),
+        ("Heuristics.Limits.Exceeded.MaxScanSize", "MaxScanSize"),
+        ("Heuristics.Limits.Exceeded.MaxFileSize", "MaxFileSize"),
+        ("Heuristics.Limits.Exceeded.MaxFiles", "MaxFiles"),
+        ("Heuristics.Limits.Exceeded.MaxScanTime", "MaxScanTime"),
+        ("Heuristics.Limits.Exceeded", "unknown"),  # clamd before 0.101
+        ("Heuristics.Limits.Exceeded.Max Odd", "unknown"),
+    ],
+)
+def test_a_clamd_limit_is_an_explicit_limits_exceeded_verdict(name: str, limit: str) -> None:
+    """Issue 17 item 4: `AlertExceedsMax` answers name the limit clamd stopped at: never "clean",
+    never an engine failure (breaker, "unchecked"), labelled as what it is."""
+    for reply in (f"stream: {name} FOUND\0", f"1: stream: {name} FOUND\0"):
+        reuse = reply.startswith("1:")
+        mode = "keepalive" if reuse else "reply"
+        with FakeEngine(mode, reply=reply.replace("1:", "{id}:").encode()) as fake:
+            v = engine(fake.address, reuse=reuse).scan(message(), call())
+        assert (v.status, v.names, v.detail) == (Status.INFECTED, (name,), "limits-exceeded")
+        assert v.extra["limit"] == limit
+        assert v.label() == "infected(limits-exceeded)"
+
+
+def test_limit_names_are_recognised_exactly() -> None:
+    assert clamav_module.limit_exceeded("Heuristics.Limits.Exceeded.MaxFiles") == "MaxFiles"
+    for other in ("Heuristics.Limits.ExceededX", "Heuristics.Encrypted.Zip", "Win.Heuristics.Limits.Exceeded", ""):
+        assert clamav_module.limit_exceeded(other) is None
+
+
+def test_a_limit_verdict_is_never_cached() -> None:
+    """A limit alert depends on clamd's limits and load (MaxScanTime): it is asked again next time,
+    never cached, and never read back from the cache as anything else."""
+    from quorum.verdictcache.cached import encode
+
+    av = engine("127.0.0.1:1")
+    v = av.verdict(Status.INFECTED, names=("Heuristics.Limits.Exceeded.MaxScanSize",))
+    assert (v.detail, v.extra) == ("limits-exceeded", {"limit": "MaxScanSize"})
+    assert encode(v) is None
+    assert encode(av.verdict(Status.INFECTED, names=("Eicar-Signature",))) == "infected:Eicar-Signature"
 
 
 class _Recorder:

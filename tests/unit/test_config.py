@@ -29,7 +29,8 @@ def clamav(**keys: Any) -> dict[str, Any]:
 
 def test_embedded_default_is_valid() -> None:
     config = load_config(DEFAULT_CONFIG)
-    assert config.warnings == ()
+    # The demo's Redis on loopback has no password: said, never silent (production: README, Redis).
+    assert [w.split(":", 1)[0] for w in config.warnings] == ["redis.url"], config.warnings
     assert [e.name for e in config.enabled_engines] == ["clamav", "rspamd", "spamassassin"]
     assert config.milter.scan_deadline == 30.0
 
@@ -285,3 +286,144 @@ def test_check_config_warns_when_dkim_could_judge_a_cut_body() -> None:
     assert any(w.startswith("auth.dkim_max_size:") for w in config.warnings), config.warnings
     quiet = parse_config({"milter": {"max_message_size": "10M"}, "auth": {"dkim_max_size": "5M"}})
     assert not any("dkim_max_size" in w for w in quiet.warnings)
+
+
+# --- non-finite and out-of-range numbers (issue 17, item 5) --------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+NON_FINITE = [
+    ({"milter": {"scan_deadline": NAN}}, "milter.scan_deadline"),
+    ({"milter": {"scan_deadline": INF}}, "milter.scan_deadline"),
+    ({"milter": {"scan_deadline": "nan s"}}, "milter.scan_deadline"),
+    ({"milter": {"scan_deadline": "9" * 400 + "s"}}, "milter.scan_deadline"),  # float() of it is inf
+    ({"milter": {"scan_deadline": 1e300}}, "milter.scan_deadline"),  # finite, but no timer takes it
+    ({"milter": {"stop_timeout": -INF}}, "milter.stop_timeout"),
+    ({"milter": {"progress_interval": NAN}}, "milter.progress_interval"),
+    ({"milter": {"max_message_size": 10**30}}, "milter.max_message_size"),
+    ({"milter": {"max_headers": 10**30}}, "milter.max_headers"),
+    ({"milter": {"max_message_size": "99999999999999999999G"}}, "milter.max_message_size"),
+    ({"policy": {"cascade_clean_below": NAN}}, "policy.cascade_clean_below"),
+    ({"policy": {"spam_reject_score": NAN}}, "policy.spam_reject_score"),
+    ({"policy": {"spam_reject_score": INF}}, "policy.spam_reject_score"),
+    (clamav(threshold=NAN), "engines.clamav.threshold"),
+    (clamav(threshold=INF), "engines.clamav.threshold"),
+    (clamav(weight=NAN), "engines.clamav.weight"),
+    (clamav(weight=INF), "engines.clamav.weight"),
+    (clamav(timeout=NAN), "engines.clamav.timeout"),
+    (clamav(breaker_cooldown=INF), "engines.clamav.breaker_cooldown"),
+    (clamav(breaker_failures=10**30), "engines.clamav.breaker_failures"),
+    ({"verdict_cache": {"ttl": NAN}, "redis": {"url": "redis://127.0.0.1:6379/0"}}, "verdict_cache.ttl"),
+]
+
+
+@pytest.mark.parametrize(("data", "key"), NON_FINITE, ids=[f"{k}={d}"[:60] for d, k in NON_FINITE])
+def test_non_finite_and_huge_numbers_are_refused(data: dict[str, Any], key: str) -> None:
+    """nan compares false both ways, so `scan_deadline = nan` passed `minimum=0.1` and made every
+    message, EICAR included, pass `unchecked`; `threshold = nan` made an engine never vote spam."""
+    problems = problems_of(data)
+    assert any(p.startswith(f"{key}: ") for p in problems), problems
+
+
+def test_non_finite_message_says_how_to_fix() -> None:
+    (problem,) = problems_of({"milter": {"scan_deadline": NAN}})
+    assert problem == (
+        "milter.scan_deadline: must be a finite number, got nan; nan and inf are not values, write a number"
+    )
+
+
+def test_huge_values_are_shown_short() -> None:
+    (problem,) = problems_of({"milter": {"max_headers": 10**3000}})
+    assert problem.startswith("milter.max_headers: must be at most") and len(problem) < 200
+
+
+@pytest.mark.parametrize(
+    "mode", ["-1", "7777777", "1000", "4777", "0o660", "+660", " 660", "660\n", "0x1b6", "", "\uff18\uff18"]
+)
+def test_socket_mode_out_of_range_is_refused(mode: str) -> None:
+    """`socket_mode = "-1"` and `"7777777"` were accepted (int(mode, 8)) and made the socket world-writable."""
+    (problem,) = problems_of({"milter": {"socket_mode": mode}})
+    assert problem.startswith('milter.socket_mode: expected an octal permission mode from "0000" to "0777"')
+
+
+def test_socket_mode_as_a_toml_number_says_to_quote_it() -> None:
+    (problem,) = problems_of({"milter": {"socket_mode": 660}})
+    assert "write it as a string" in problem
+
+
+@pytest.mark.parametrize(("mode", "value"), [("0660", 0o660), ("660", 0o660), ("0600", 0o600), ("0000", 0)])
+def test_socket_mode_in_range(mode: str, value: int) -> None:
+    config = parse_config({"milter": {"socket_mode": mode}})
+    assert config.milter.socket_mode == value and config.warnings == ()
+
+
+@pytest.mark.parametrize("mode", ["0666", "0662", "0777", "002"])
+def test_world_writable_socket_mode_warns(mode: str) -> None:
+    config = parse_config({"milter": {"socket_mode": mode}})
+    assert len(config.warnings) == 1 and config.warnings[0].startswith("milter.socket_mode: ")
+    assert "every local user" in config.warnings[0]
+
+
+@pytest.mark.parametrize("socket", ["inet:99999@127.0.0.1", "inet:0@127.0.0.1", "inet:٩٩٠٠@127.0.0.1"])
+def test_socket_port_out_of_range(socket: str) -> None:
+    (problem,) = problems_of({"milter": {"socket": socket}})
+    assert problem.startswith("milter.socket: ")
+
+
+# --- malformed engine types are reported errors (issue 17, item 10) --------------------------------
+
+
+@pytest.mark.parametrize(
+    "type_name",
+    [":clamav", ".x:Y", "x:", ":", "::", "clamav:", "a..b:C", "a.b.:C", "clamav ", "cl\u00e4mav", "\u0441lamav", ""],
+)
+def test_malformed_engine_types_are_errors(type_name: str) -> None:
+    """`:clamav` raised ValueError (empty module name) and `.x:Y` TypeError (relative import) out of
+    the loader: a traceback from check-config, a dead supervisor on SIGHUP."""
+    (problem,) = problems_of({"engines": {"x": {"type": type_name}}})
+    assert problem.startswith("engines.x.type: ")
+
+
+@pytest.mark.parametrize(
+    ("type_name", "why"),
+    [
+        ("os:path", "is not a quorum.engines.Engine subclass"),
+        ("no_such_module_q:Engine", "cannot be loaded"),
+        ("quorum.engines:NoSuchClass", "cannot be loaded"),
+    ],
+)
+def test_unloadable_adapter_paths_are_errors(type_name: str, why: str) -> None:
+    (problem,) = problems_of({"engines": {"x": {"type": type_name}}})
+    assert problem.startswith("engines.x.type: ") and why in problem
+
+
+def test_an_adapter_module_that_raises_on_import_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_adapter_q.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (problem,) = problems_of({"engines": {"x": {"type": "broken_adapter_q:Thing"}}})
+    assert problem.startswith("engines.x.type: ") and "RuntimeError: boom at import" in problem
+
+
+def test_an_adapter_whose_option_parser_raises_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "raising_adapter_q.py").write_text(
+        "from quorum.engines.clamav import ClamAV\n"
+        "class Raising(ClamAV):\n"
+        "    @classmethod\n"
+        "    def parse_options(cls, t):\n"
+        "        raise KeyError('oops')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (problem,) = problems_of({"engines": {"x": {"type": "raising_adapter_q:Raising"}}})
+    assert problem.startswith("engines.x: ") and "KeyError" in problem
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a = " + "[" * 3000 + "]" * 3000, "a = " + "9" * 5000, "[milter]\ntmpdir = '" + "x" * 5000 + "'"],
+)
+def test_unreadable_documents_are_config_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "q.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems

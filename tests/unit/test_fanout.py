@@ -363,10 +363,72 @@ def test_concurrency_limit(pool: ThreadPoolExecutor) -> None:
     assert peak[0] == 2
     statuses = sorted(v.label() for v in verdicts)
     # 2 + 2 start within 0.5 s on the engine's own pool of 2; the last 2 start after their budget is
-    # gone: cancelled without reaching the engine, and not held against its breaker.
-    assert statuses == ["cancelled"] * 2 + ["clean"] * 4
-    assert r.breaker.state is BreakerState.CLOSED
+    # gone: they never reached the engine, which is a failure to check the message (never
+    # "cancelled", which would pass as unchecked), but not held against the engine's breaker.
+    assert statuses == ["clean"] * 4 + ["error(queued)"] * 2
     assert r.breaker.state is BreakerState.CLOSED  # our own queueing is not the engine's failure
+
+
+def test_saturated_antivirus_never_lets_a_message_pass_unscanned(pool: ThreadPoolExecutor) -> None:
+    """Issue 17 item 1: more messages than the antivirus engine has slots, each with a short
+    budget. Every message is either scanned (the virus refused) or tempfailed; none is accepted
+    with the antivirus result `cancelled`. Before the fix 2 of 8 were accepted as "unchecked"."""
+    av = runner("clamav", answer(Status.INFECTED, 0.3, names=("Eicar-Signature",)), av=True, concurrency=2, timeout=0.5)
+    policy = Policy(PolicySettings(), {"clamav": av.settings})
+
+    def one(_: int) -> tuple[str, str]:
+        message = msg()
+        txn = Transaction(Connection("192.0.2.1"), message.envelope)
+        # The engine's own timeout (0.5 s) is far shorter than the scan deadline: a scan that waited
+        # for a slot that long comes back before the fan-out ends, and must not come back "cancelled".
+        found = fan_out(pool, [av], [], txn, message, time.monotonic() + 5, policy.settled)
+        d = policy.decide(found.verdicts, found.scan)
+        return str(d.action), found.verdicts[0].label()
+
+    with ThreadPoolExecutor(8) as callers:
+        outcomes = list(callers.map(one, range(8)))
+    assert {action for action, _ in outcomes} <= {"reject", "tempfail"}, outcomes
+    assert sum(action == "tempfail" for action, _ in outcomes) >= 2, outcomes  # 4 scans fit in 0.5 s
+    assert not any(label == "cancelled" for _, label in outcomes), outcomes
+    assert av.breaker.state is BreakerState.CLOSED
+
+
+def test_a_cascade_engine_never_started_before_the_deadline_is_a_timeout(pool: ThreadPoolExecutor) -> None:
+    """An engine that had not even been submitted when the deadline came is a failure, not `cancelled`."""
+    first = runner("rspamd", answer(Status.CLEAN, 1.0))
+    later = runner("spamassassin", answer(Status.CLEAN))
+    verdicts, _, _ = run(pool, [first, later], seconds=0.3, later=[later], can_change=lambda *_: True)
+    assert by_name(verdicts)["spamassassin"].label() == "error(timeout)"
+
+
+def test_a_check_that_fails_after_its_transaction_ended_is_quiet(
+    pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 12: a stage check still running when its fan-out ended reads a released body
+    (SpoolClosed); that is the transaction's end, not a bug: no traceback, nothing reaches the log."""
+    from quorum.message import SpoolClosed
+
+    started, release = threading.Event(), threading.Event()
+    returned = threading.Event()
+
+    class LateReader(Stage):
+        name = "auth"
+
+        def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
+            started.set()
+            release.wait(5)
+            try:
+                raise SpoolClosed("message body already released (its transaction ended)")
+            finally:
+                returned.set()
+
+    caplog.set_level(logging.DEBUG, logger="quorum.pipeline")
+    _, _, scan = run(pool, [], seconds=0.2, stages=[LateReader()])
+    assert started.is_set() and scan.log["auth_timeout"] == "yes"
+    release.set()
+    assert returned.wait(5)
+    time.sleep(0.05)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
 
 
 # --- transactions never share state with tasks that outlived them (issue 9, defects 1, 7, 8, 9) ------

@@ -131,19 +131,73 @@ def test_spool_stays_in_memory_below_the_limit(tmp_path: Path) -> None:
     spool.close()
 
 
-def test_spool_moves_to_a_temp_file_past_the_limit_and_removes_it_on_close(tmp_path: Path) -> None:
+def test_spool_moves_to_an_unnamed_temp_file_past_the_limit(tmp_path: Path) -> None:
+    """Issue 17 item 11: the body file has no name from the start, so a killed worker leaves none."""
     spool = BodySpool(memory_limit=100, tmpdir=str(tmp_path))
     spool.write(b"a" * 80)
     spool.write(b"b" * 80)  # crosses the limit: everything so far goes to disk
     spool.write(b"c" * 10)
     assert spool.on_disk and spool.size == 170
-    (path,) = spool_files(tmp_path)
-    assert oct(path.stat().st_mode & 0o777) == oct(0o600)  # private: mail content
+    assert list(tmp_path.iterdir()) == []  # nothing to find, open or leave behind
+    assert spool._file is not None
+    st = os.fstat(spool._file.fileno())
+    assert st.st_nlink == 0 and oct(st.st_mode & 0o777) == oct(0o600)  # private: mail content
+    assert st.st_dev == tmp_path.stat().st_dev  # in the configured tmpdir
     with spool.reader() as f:
         assert f.read() == b"a" * 80 + b"b" * 80 + b"c" * 10
     spool.close()
-    assert not path.exists()
     spool.close()  # idempotent
+
+
+def test_spool_without_o_tmpfile_unlinks_the_named_file_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file system cannot make an unnamed file (EOPNOTSUPP), mkstemp + unlink: same result."""
+    import errno
+
+    real_open = os.open
+
+    def no_tmpfile(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    spool = BodySpool(memory_limit=10, tmpdir=str(tmp_path))
+    spool.write(b"z" * 100)
+    assert spool.on_disk and list(tmp_path.iterdir()) == []
+    assert spool._file is not None and os.fstat(spool._file.fileno()).st_nlink == 0
+    with spool.reader() as f:
+        assert f.read() == b"z" * 100
+    spool.close()
+
+
+def test_spool_uses_the_system_temp_dir_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what $TMPDIR sets
+    spool = BodySpool(memory_limit=0)
+    spool.write(b"q" * 10)
+    assert spool._file is not None and os.fstat(spool._file.fileno()).st_dev == tmp_path.stat().st_dev
+    assert list(tmp_path.iterdir()) == []
+    spool.close()
+
+
+def test_a_spool_in_a_missing_directory_raises_oserror(tmp_path: Path) -> None:
+    spool = BodySpool(memory_limit=0, tmpdir=str(tmp_path / "gone"))
+    with pytest.raises(OSError):
+        spool.write(b"x")
+    spool.close()
+
+
+def test_a_reader_outlives_the_spool_close(tmp_path: Path) -> None:
+    spool = BodySpool(memory_limit=0, tmpdir=str(tmp_path))
+    spool.write(b"0123456789" * 1000)
+    reader = spool.reader()
+    assert reader.read(5) == b"01234"
+    spool.close()
+    assert reader.read() == (b"0123456789" * 1000)[5:]
+    reader.close()
 
 
 def test_spool_readers_are_independent(tmp_path: Path) -> None:
@@ -165,7 +219,7 @@ def test_spool_readers_are_independent(tmp_path: Path) -> None:
     spool.close()
 
 
-def test_message_readers_are_independent_and_close_removes_the_spool(tmp_path: Path) -> None:
+def test_message_readers_are_independent_and_leave_no_file(tmp_path: Path) -> None:
     spool = BodySpool(memory_limit=10, tmpdir=str(tmp_path))
     spool.write(b"a long body that will not fit in ten bytes\r\n")
     msg = Message(Envelope(), [Header("Subject", b" hi")], spool)
@@ -175,7 +229,7 @@ def test_message_readers_are_independent_and_close_removes_the_spool(tmp_path: P
     assert one.read() == b"ct: hi\r\n\r\na long body that will not fit in ten bytes\r\n"
     one.close()
     two.close()
-    assert len(spool_files(tmp_path)) == 1
+    assert msg.body.on_disk and spool_files(tmp_path) == []
     msg.close()
     assert spool_files(tmp_path) == []
 

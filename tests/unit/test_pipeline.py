@@ -243,11 +243,19 @@ def test_spam_is_tagged(pool: ThreadPoolExecutor) -> None:
 BIG = b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n"
 
 
-def test_engine_max_size_skips(pool: ThreadPoolExecutor) -> None:
-    result = run(pool, config({"av": {"max_size": 1000}}), BIG)
+@pytest.mark.parametrize(
+    ("on_oversize", "action", "reply"),
+    [(None, Action.REJECT, "552 5.3.4"), ("tempfail", Action.TEMPFAIL, "452 4.3.4"), ("accept", Action.ACCEPT, None)],
+)
+def test_engine_max_size_skips(pool: ThreadPoolExecutor, on_oversize: str | None, action: Action, reply: str) -> None:
+    """Too large for every antivirus engine is not scanned: by default refused like a message over
+    max_message_size (a 250 means checked); delivered `unchecked` only under on_oversize = "accept"."""
+    milter = {"on_oversize": on_oversize} if on_oversize else {}
+    result = run(pool, config({"av": {"max_size": 1000}}, milter=milter), BIG)
     av = by_engine(result)["av"]
     assert (av.status, av.detail) == (Status.SKIPPED, "too-large")
-    assert result.decision.action is Action.ACCEPT and result.decision.label == "unchecked"
+    assert result.decision.action is action and result.decision.label == "unchecked"
+    assert (str(result.decision.reply)[:9] if result.decision.reply else None) == reply
     assert Fake.calls == []
 
 

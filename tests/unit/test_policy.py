@@ -50,8 +50,13 @@ def av(engine: str, status: Status = Status.CLEAN, *names: str) -> Verdict:
     return Verdict(engine, Category.ANTIVIRUS, status, names=names)
 
 
-def decide(p: Policy, *verdicts: Verdict, ctx: ScanContext | None = None) -> Decision:
-    return p.decide(list(verdicts), ctx or ScanContext())
+def decide(p: Policy, *verdicts: Verdict, ctx: ScanContext | None = None, no_av: bool = False) -> Decision:
+    """The decision; a clean antivirus verdict is added when the test gives none (a message no
+    antivirus engine looked at is "unchecked", see test_no_antivirus_engine_is_unchecked_not_clean)."""
+    given = list(verdicts)
+    if not no_av and not any(v.category is Category.ANTIVIRUS for v in given):
+        given.append(av("clamav"))
+    return p.decide(given, ctx or ScanContext())
 
 
 ALL3 = engines("clamav", "rspamd", "spamassassin")
@@ -329,9 +334,40 @@ def test_failed_antivirus_tempfails_or_passes_unchecked() -> None:
     assert d.action is Action.TEMPFAIL
 
 
-def test_too_large_for_antivirus_passes_unchecked_without_tempfail() -> None:
-    d = decide(policy(ALL3, on_engine_failure="tempfail"), failed("clamav", Category.ANTIVIRUS, "too-large"))
+def test_too_large_for_antivirus_follows_on_oversize() -> None:
+    """Too large for every antivirus engine is not scanned: refused by default (552, like a message
+    over max_message_size), 452 under "tempfail", delivered "unchecked" only under "accept"."""
+    too_large = failed("clamav", Category.ANTIVIRUS, "too-large")
+    d = decide(policy(ALL3, on_engine_failure="tempfail"), too_large)
+    assert (d.action, d.label, str(d.reply)[:9]) == (Action.REJECT, "unchecked", "552 5.3.4")
+    d = Policy(PolicySettings(), ALL3, on_oversize="tempfail").decide([too_large], ScanContext())
+    assert (d.action, str(d.reply)[:9]) == (Action.TEMPFAIL, "452 4.3.4")
+    d = Policy(PolicySettings(), ALL3, on_oversize="accept").decide([too_large], ScanContext())
     assert d.action is Action.ACCEPT and d.label == "unchecked"
+
+
+def test_antivirus_cancelled_without_a_final_refusal_is_a_failure() -> None:
+    """Issue 17 item 1: `cancelled` is fine only when a stage's refusal decided the message; on its
+    own (the scan never ran) it must not pass as "unchecked"."""
+    cancelled = Verdict("clamav", Category.ANTIVIRUS, Status.CANCELLED)
+    d = decide(policy(ALL3), cancelled, sp("rspamd", 0.0))
+    assert d.action is Action.TEMPFAIL and d.label == "unchecked"
+    d = decide(policy(ALL3, on_engine_failure="accept"), cancelled, sp("rspamd", 0.0))
+    assert d.action is Action.ACCEPT and d.label == "unchecked" and "no antivirus engine answered" in d.reasons[0]
+
+
+def test_no_antivirus_engine_is_unchecked_not_clean() -> None:
+    """Issue 17 item 6: a policy under which no antivirus engine votes (engines = [], clamav disabled
+    or in shadow for the domain) never labels a message "clean"."""
+    for verdicts in ([], [sp("rspamd", 0.0)], [Verdict("clamav", Category.ANTIVIRUS, Status.CLEAN)]):
+        engine_map = ALL3 if verdicts and verdicts[0].category is Category.ANTISPAM else {}
+        if verdicts and verdicts[0].category is Category.ANTIVIRUS:
+            engine_map = engines(("clamav", {"mode": "shadow"}))
+        d = decide(policy(engine_map), *verdicts, no_av=True)
+        assert d.action is Action.ACCEPT and d.label == "unchecked", (verdicts, d)
+        assert "no antivirus engine votes under this policy" in d.reasons
+    d = decide(policy(ALL3), sp("rspamd", 100.0), no_av=True)
+    assert d.label == "spam"  # a spam verdict still says what it is
 
 
 # --- early exit -----------------------------------------------------------------------------------------
@@ -405,7 +441,7 @@ def test_a_long_engine_list_is_folded_not_cut() -> None:
     """Twelve engines with long error details: every item survives the per-line cap of 400."""
     failures = [Verdict(f"engine{i}", Category.ANTISPAM, Status.ERROR, error="x" * 70 + f" #{i}") for i in range(12)]
     p = policy(engines("rspamd"))
-    d = decide(p, sp("rspamd", 1.0), *failures)
+    d = decide(p, sp("rspamd", 1.0), *failures, no_av=True)
     value = dict(headers_to_add(d, ScanContext()))["X-Quorum-Engines"]
     lines = sanitise_header(value).split("\n\t")
     assert len(lines) > 1 and all(len(line) <= 200 for line in lines)
@@ -413,7 +449,7 @@ def test_a_long_engine_list_is_folded_not_cut() -> None:
     assert items[0] == "rspamd=clean(1.00/5.00)"
     assert items[1:] == [f"engine{i}=error({'x' * 70} #{i})" for i in range(12)]
     # a short list stays on one line
-    d = decide(p, sp("rspamd", 1.0), failures[0])
+    d = decide(p, sp("rspamd", 1.0), failures[0], no_av=True)
     assert "\n" not in dict(headers_to_add(d, ScanContext()))["X-Quorum-Engines"]
 
 
@@ -484,3 +520,27 @@ def test_cascade_margins_per_combine_mode() -> None:
     trusting = policy(eng, spam_combine="any", cascade_clean_below=0.3)
     assert not trusting.can_change([av("clamav"), sp("rspamd", 1.0, 5.0)], ScanContext(), unasked)  # 0.2 < 0.3
     assert trusting.can_change([av("clamav"), sp("rspamd", 2.0, 5.0)], ScanContext(), unasked)  # 0.4: ask
+
+
+def test_a_limit_alert_is_refused_as_unscannable_and_a_real_virus_still_wins() -> None:
+    """Issue 17 item 4: clamd stopped at a limit (AlertExceedsMax): never clean, refused under
+    on_virus with an honest reply; a named virus from any engine still decides as a virus."""
+    alert = Verdict(
+        "clamav",
+        Category.ANTIVIRUS,
+        Status.INFECTED,
+        names=("Heuristics.Limits.Exceeded.MaxRecursion",),
+        detail="limits-exceeded",
+        extra={"limit": "MaxRecursion"},
+    )
+    d = decide(policy(ALL3), alert, sp("rspamd", 0.0))
+    assert (d.action, d.label, str(d.reply)) == (
+        Action.REJECT,
+        "unchecked",
+        "554 5.7.1 message could not be scanned completely (MaxRecursion)",
+    )
+    d = decide(policy(ALL3, on_virus="quarantine"), alert)
+    assert d.action is Action.QUARANTINE and d.quarantine_reason == "could not be scanned completely (MaxRecursion)"
+    two = engines("clamav", "clamav2", "rspamd")
+    d = decide(policy(two), alert, av("clamav2", Status.INFECTED, "Eicar-Signature"))
+    assert d.label == "virus" and "Eicar-Signature" in str(d.reply)

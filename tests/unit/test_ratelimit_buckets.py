@@ -121,3 +121,71 @@ def test_parse_key() -> None:
     assert parse_key("2001:db8::1") == [("client_ip", "2001:db8::1")]
     assert parse_key("alice@example.com") == [("auth_user", "alice@example.com")]
     assert parse_key("example.com") == [("sender_domain", "example.com"), ("recipient_domain", "example.com")]
+
+
+# --- recipient_domain_share: one unauthenticated client's share of a recipient domain ------------
+
+
+def share_planner(share: float = 0.2, by: str = "client_ip", **extra: Any) -> Planner:
+    table: dict[str, Any] = {
+        "recipient_domain": {"messages": 10, "recipients": 23, "per": "1h"},
+        "recipient_domain_share": share,
+        "recipient_domain_share_by": by,
+        "networks": {"198.18.0.0/15": {"exempt": True}},
+        **extra,
+    }
+    s = parse_config({"ratelimit": table}).feature("ratelimit")
+    assert isinstance(s, RateLimitSettings)
+    return Planner(s)
+
+
+def test_an_unauthenticated_client_takes_from_its_share_of_each_recipient_domain() -> None:
+    charges = share_planner().message(env(recipients=["a@one.test", "b@one.test"]), sender_trusted=True)
+    shares = [c for c in charges if c.share_of]
+    assert [(c.kind, c.subject, c.rule.unit, c.rule.limit, c.cost, c.share_of) for c in shares] == [
+        ("recipient_domain", "one.test", "messages", 2, 1, "client_ip 192.0.2.7"),  # floor(10 x 0.2)
+        ("recipient_domain", "one.test", "recipients", 4, 2, "client_ip 192.0.2.7"),  # floor(23 x 0.2)
+    ]
+    assert {c.rule.per for c in shares} == {3600.0}
+    assert shares[0].key == "quorum:rl:rs:m1h:{one.test}:ip:192.0.2.7"
+    assert shares[0].label == "recipient_domain one.test, share of client_ip 192.0.2.7"
+    assert shares[0].metric_kind == "recipient_domain_share"
+    # Same hash tag as the domain's own buckets: the same Cluster slot, still one call per slot.
+    domain_keys = [c.key for c in charges if c.kind == "recipient_domain" and not c.share_of]
+    assert {k.split("{")[1].split("}")[0] for k in [*domain_keys, *(c.key for c in shares)]} == {"one.test"}
+
+
+def test_share_is_never_below_one_unit_and_a_big_message_is_capped() -> None:
+    p = share_planner(0.01)
+    many = [f"u{i}@one.test" for i in range(9)]
+    shares = [c for c in p.message(env(recipients=many), sender_trusted=False) if c.share_of]
+    assert [(c.rule.limit, c.cost) for c in shares] == [(1, 1), (1, 1)]
+
+
+def test_no_share_for_authenticated_exempt_or_unshared() -> None:
+    p = share_planner()
+    assert not [c for c in p.message(env(macros={"{auth_authen}": "alice"}), sender_trusted=True) if c.share_of]
+    assert not [c for c in p.message(env(client_ip="198.18.3.4"), sender_trusted=False) if c.share_of]
+    assert not [c for c in share_planner(1.0).message(env(), sender_trusted=False) if c.share_of]
+    # A domain may take its own share (or none: 1.0); an exempt domain has no bucket to share.
+    p = share_planner(domains={"one.test": {"recipient_domain_share": 1.0}, "two.test": {"exempt": True}})
+    assert not [c for c in p.message(env(), sender_trusted=False) if c.share_of]
+    p = share_planner(domains={"one.test": {"recipient_domain_share": 0.5}})
+    assert [c.rule.limit for c in p.message(env(), sender_trusted=False) if c.share_of and c.subject == "one.test"] == [
+        5,
+        11,
+    ]
+
+
+def test_share_subject_by_client_network_or_sender() -> None:
+    v6 = [c.key for c in share_planner().message(env(client_ip="2001:db8::1:2"), sender_trusted=False) if c.share_of]
+    assert v6 and all(k.endswith(":ip:2001:db8::/64") for k in v6)  # one /64 is one client
+    unknown = [c.share_of for c in share_planner().message(env(client_ip=""), sender_trusted=False) if c.share_of]
+    assert unknown and set(unknown) == {"client_ip unknown"}  # no address: all such clients share one
+    by_sender = share_planner(by="sender")
+    got = {c.share_of for c in by_sender.message(env(), sender_trusted=False) if c.share_of}
+    assert got == {"sender alice@example.com"}
+    bounces = {c.share_of for c in by_sender.message(env(sender=""), sender_trusted=False) if c.share_of}
+    assert bounces == {"sender <>"}
+    braces = [c.key for c in by_sender.message(env(sender="{x}@e.test"), sender_trusted=False) if c.share_of]
+    assert braces and all(k.count("{") == 1 for k in braces)  # a sender can never move the hash tag

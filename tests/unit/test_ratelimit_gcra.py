@@ -39,7 +39,7 @@ class Spec:
 def charge(key: str, spec: Spec, cost: int) -> Charge:
     # Rule only labels the charge here: the arithmetic uses the exact interval below.
     rule = Rule("messages", spec.limit, spec.limit * spec.interval / 1e6)
-    return _ExactCharge("sender_domain", key, rule, key, cost, spec.interval)
+    return _ExactCharge("sender_domain", key, rule, key, cost, exact_interval=spec.interval)
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,33 @@ def test_one_probe_at_a_time() -> None:
         t.join()
     assert peak[0] == 1
     assert limiter.failures == 2
+
+
+def test_one_client_cannot_use_up_a_recipient_domain() -> None:
+    """Client A floods d.test: refused after its share (2 of 10), all-or-none, so the domain's
+    bucket keeps 8 for everyone else; B, C, D each get their own share."""
+    from quorum.assembly import parse_config
+    from quorum.message import Envelope
+    from quorum.ratelimit.buckets import Planner
+    from quorum.ratelimit.settings import RateLimitSettings
+
+    table = {"recipient_domain": {"messages": 10, "per": "1h"}, "recipient_domain_share": 0.2}
+    s = parse_config({"ratelimit": table}).feature("ratelimit")
+    assert isinstance(s, RateLimitSettings)
+    planner = Planner(s)
+    limiter = Limiter(lambda: LocalBuckets(clock=lambda: 10**12), LocalBuckets(), backoff=1.0)
+
+    def one(ip: str) -> bool:
+        env = Envelope(client_ip=ip, sender="x@spam.test", recipients=["u@d.test"])
+        decision = limiter.reserve(planner.message(env, sender_trusted=False))
+        if not decision.admitted:
+            assert decision.refused is not None
+            assert decision.refused.label in (
+                f"recipient_domain d.test, share of client_ip {ip}",
+                "recipient_domain d.test",
+            )
+        return decision.admitted
+
+    assert [one("192.0.2.1") for _ in range(50)] == [True, True] + [False] * 48
+    assert [one("192.0.2.2") for _ in range(3)] == [True, True, False]
+    assert [one(f"192.0.2.{10 + i}") for i in range(7)] == [True] * 6 + [False]  # the domain's own 10

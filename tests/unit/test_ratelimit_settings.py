@@ -175,4 +175,72 @@ def test_rule_interval_is_whole_microseconds() -> None:
 def test_no_limits_is_a_warning() -> None:
     config = parse_config({"ratelimit": {"client_ip": {"messages": 0}}})
     assert any("ratelimit: no limits configured" in w for w in config.warnings)
-    assert not parse_config(ISSUE_EXAMPLE).warnings
+    example = {**ISSUE_EXAMPLE, "ratelimit": {**ISSUE_EXAMPLE["ratelimit"], "recipient_domain_share": 0.2}}
+    assert not [w for w in parse_config(example).warnings if w.startswith("ratelimit")]
+
+
+# --- recipient_domain_share: one client's share of a recipient domain's bucket -------------------
+
+
+def test_recipient_domain_share_defaults_off_and_parses() -> None:
+    s = settings(ISSUE_EXAMPLE)
+    assert s.recipient_domain_share == 1.0 and s.recipient_domain_share_by == "client_ip"
+    data = {
+        "ratelimit": {
+            "recipient_domain": {"messages": 100, "per": "1h"},
+            "recipient_domain_share": 0.2,
+            "recipient_domain_share_by": "sender",
+            "domains": {
+                "big.example": {"recipient_domain_share": 0.5},
+                "other.example": {"recipient_domain": {"messages": 10, "per": "1m"}},
+            },
+        }
+    }
+    s = settings(data)
+    assert s.recipient_domain_share == 0.2 and s.recipient_domain_share_by == "sender"
+    assert s.share(s.domains["big.example"]) == 0.5
+    assert s.share(s.domains["other.example"]) == 0.2  # its own limits, the default share
+    assert s.share(None) == 0.2
+
+
+def test_a_recipient_domain_bucket_without_a_share_is_warned_about() -> None:
+    warnings = parse_config({"ratelimit": {"recipient_domain": {"messages": 100, "per": "1h"}}}).warnings
+    (warning,) = [w for w in warnings if w.startswith("ratelimit.recipient_domain_share:")]
+    assert "any single sender" in warning and "recipient_domain_share (e.g. 0.2)" in warning
+    # Only a per-domain limit without a share: that domain is named.
+    data = {"ratelimit": {"domains": {"t.example": {"recipient_domain": {"messages": 9, "per": "1h"}}}}}
+    assert any("recipient_domain of t.example" in w for w in parse_config(data).warnings)
+    data["ratelimit"]["domains"]["t.example"]["recipient_domain_share"] = 0.3
+    assert not [w for w in parse_config(data).warnings if "recipient_domain_share" in w]
+    # No recipient_domain limit at all: nothing to guard.
+    quiet = parse_config({"ratelimit": {"client_ip": {"messages": 9, "per": "1h"}}})
+    assert not [w for w in quiet.warnings if "recipient_domain_share" in w]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "ratelimit.recipient_domain_share: must be above 0"),
+        (0.0, "ratelimit.recipient_domain_share: must be above 0"),
+        (-0.5, "ratelimit.recipient_domain_share: must be at least 0"),
+        (1.5, "ratelimit.recipient_domain_share: must be at most 1"),
+        (float("nan"), "ratelimit.recipient_domain_share: must be a finite number"),
+        (float("inf"), "ratelimit.recipient_domain_share: must be a finite number"),
+        ("20%", "ratelimit.recipient_domain_share"),
+        (True, "ratelimit.recipient_domain_share"),
+    ],
+)
+def test_bad_share_names_the_key(value: Any, expected: str) -> None:
+    data = {"ratelimit": {"recipient_domain": {"messages": 100, "per": "1h"}, "recipient_domain_share": value}}
+    assert expected in errors(data)
+    domain = {"ratelimit": {"domains": {"d.example": {"recipient_domain_share": value}}}}
+    assert expected.replace("ratelimit.", "ratelimit.domains.d.example.") in errors(domain)
+
+
+def test_bad_share_by_names_the_key_and_the_choices() -> None:
+    message = errors({"ratelimit": {"recipient_domain_share_by": "helo"}})
+    assert "ratelimit.recipient_domain_share_by: 'helo' is not one of 'client_ip', 'sender'" in message
+    # Networks take no share (a share is of a recipient domain).
+    assert "recipient_domain_share" in errors(
+        {"ratelimit": {"networks": {"192.0.2.0/24": {"recipient_domain_share": 0.5}}}}
+    )

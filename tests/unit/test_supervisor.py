@@ -210,3 +210,115 @@ def test_unprivileged_start(as_uid: Callable[[int], None]) -> None:
     check_identity("nobody")
     with pytest.raises(PrivilegeError, match="cannot switch users"):
         check_identity("root")
+
+
+# -- a reload with a bad file keeps the running config (issue 17, item 10) --------------------
+
+
+@pytest.mark.parametrize("engine_type", [":clamav", ".x:Y", "", "a..b:C"])
+def test_sighup_with_a_malformed_engine_type_keeps_the_supervisor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, engine_type: str
+) -> None:
+    """`type = ":clamav"` made load_config raise ValueError (and ".x:Y" TypeError) out of the SIGHUP
+    handler's validation: the supervisor died and every message was tempfailed until a restart."""
+    caplog.set_level(logging.INFO, "quorum.supervisor")
+    config = tmp_path / "quorum.toml"
+    config.write_text('[milter]\nsocket = "inet:9900@127.0.0.1"\n')
+    load_config(config)
+    sup = Scripted([SERVE], str(config))
+
+    def driver() -> None:
+        wait_until(lambda: len(sup.spawned) == 1)
+        config.write_text(f'[engines.x]\ntype = "{engine_type}"\n')
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: "reload refused" in caplog.text)
+        time.sleep(0.3)
+        assert sup.spawned[0][1].poll() is None  # the worker serves on with the old config
+
+    assert run_with(sup, driver) == 0
+    assert "reload refused, keeping the running config: engines.x.type" in caplog.text
+    assert len(sup.spawned) == 1
+
+
+def test_sighup_survives_any_exception_of_the_loader(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quorum.service import supervisor
+
+    config = tmp_path / "quorum.toml"
+    config.write_text("")
+    sup = Scripted([SERVE], str(config))
+
+    def broken(path: object) -> None:
+        raise RuntimeError("a validator bug")
+
+    monkeypatch.setattr(supervisor, "load_config", broken)
+
+    def driver() -> None:
+        wait_until(lambda: len(sup.spawned) == 1)
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: "reload refused" in caplog.text)
+        assert sup.spawned[0][1].poll() is None
+
+    assert run_with(sup, driver) == 0
+    assert "RuntimeError: a validator bug" in caplog.text
+
+
+# -- the pid file is written without following symlinks (issue 17, item 9) ---------------------
+
+
+def test_pid_file_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
+    from quorum.service.supervisor import remove_pid_file, write_pid_file
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    pid_file = tmp_path / "quorum.pid"
+    pid_file.symlink_to(victim)
+    write_pid_file(str(pid_file), 4242)
+    assert victim.read_text() == "precious\n"
+    assert not pid_file.is_symlink() and pid_file.read_text() == "4242\n"
+    assert oct(pid_file.stat().st_mode & 0o777) == oct(0o644)
+    assert {p.name for p in tmp_path.iterdir()} == {"victim", "quorum.pid"}  # no temp file left
+
+    remove_pid_file(str(pid_file), 999)  # names another process: left alone
+    assert pid_file.exists()
+    remove_pid_file(str(pid_file), 4242)
+    assert not pid_file.exists() and victim.read_text() == "precious\n"
+
+
+def test_pid_file_dangling_symlink_and_stale_temp(tmp_path: Path) -> None:
+    from quorum.service.supervisor import write_pid_file
+
+    pid_file = tmp_path / "quorum.pid"
+    target = tmp_path / "created-through-the-link"
+    pid_file.symlink_to(target)
+    (tmp_path / ".quorum.pid.77.tmp").symlink_to(tmp_path / "also-not-this")
+    write_pid_file(str(pid_file), 77)
+    assert not target.exists() and not (tmp_path / "also-not-this").exists()
+    assert pid_file.read_text() == "77\n"
+    assert {p.name for p in tmp_path.iterdir()} == {"quorum.pid"}
+
+
+def test_supervisor_run_does_not_write_through_a_pid_file_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    pid_file = tmp_path / "quorum.pid"
+    pid_file.symlink_to(victim)
+    sup = Scripted([SERVE])
+    sup.pid_file = str(pid_file)
+
+    def driver() -> None:
+        wait_until(lambda: len(sup.spawned) == 1)
+        assert pid_file.read_text() == f"{os.getpid()}\n" and not pid_file.is_symlink()
+
+    assert run_with(sup, driver) == 0
+    assert victim.read_text() == "precious\n"
+    assert not pid_file.exists()  # removed at exit (it named this process)
+
+
+def test_an_unwritable_pid_file_is_a_start_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sup = Scripted([SERVE])
+    sup.pid_file = str(tmp_path / "no-such-dir" / "quorum.pid")
+    assert sup.run() == 2
+    assert "cannot write milter.pid_file" in caplog.text
+    assert sup.spawned == []

@@ -247,3 +247,43 @@ def test_extension_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         unregister_extension("backscatter")
     assert any("backscatter: unknown key" in p for p in problems({"example.com": {"backscatter": "reject"}}))
+
+
+# -- non-finite numbers in tenant records (issue 17, item 5) ----------------------------------
+
+NON_FINITE_RECORDS = [
+    ('{"engines": {"rspamd": {"threshold": NaN}}}', 'domains."example.com".engines.rspamd.threshold'),
+    ('{"engines": {"rspamd": {"threshold": Infinity}}}', 'domains."example.com".engines.rspamd.threshold'),
+    ('{"engines": {"rspamd": {"weight": -Infinity}}}', 'domains."example.com".engines.rspamd.weight'),
+    ('{"engines": {"rspamd": {"weight": 1e999}}}', 'domains."example.com".engines.rspamd.weight'),
+    ('{"policy": {"spam_reject_score": NaN}}', 'domains."example.com".policy.spam_reject_score'),
+    ('{"policy": {"cascade_clean_below": NaN}}', 'domains."example.com".policy.cascade_clean_below'),
+    ('{"policy": {"spam_quorum": 1e400}}', 'domains."example.com".policy.spam_quorum'),
+]
+
+
+@pytest.mark.parametrize(("record", "key"), NON_FINITE_RECORDS, ids=[k for _, k in NON_FINITE_RECORDS])
+def test_non_finite_numbers_in_a_redis_record_are_refused(record: str, key: str) -> None:
+    """JSON as Python reads it accepts NaN and Infinity: a record with `threshold: NaN` made the engine
+    never vote spam for that domain (nan compares false with every score)."""
+    import json
+
+    entry, found = parse_fragment(json.loads(record), "example.com", ctx())
+    assert entry is None
+    assert any(p.startswith(f"{key}: ") for p in found.errors), found.errors
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_in_the_file_are_refused(value: float) -> None:
+    found = problems({"example.com": {"engines": {"rspamd": {"threshold": value}}}})
+    assert any(p.startswith('domains."example.com".engines.rspamd.threshold: must be a finite number') for p in found)
+
+
+def test_a_deeply_nested_record_is_refused_not_raised() -> None:
+    deep: Any = {}
+    node = deep
+    for _ in range(5000):
+        node["x"] = {}
+        node = node["x"]
+    entry, found = parse_fragment({"rules": deep}, "example.com", ctx())
+    assert entry is None and found.errors

@@ -12,7 +12,7 @@ from quorum.message import Message
 from quorum.pipeline.runner import EngineRunner
 from quorum.verdict import Category, Status, Verdict
 from quorum.verdictcache.cached import CachedScan
-from quorum.verdictcache.store import VerdictStore
+from quorum.verdictcache.store import VerdictStore, entry_key
 
 EICARISH = b"BAD-PAYLOAD"
 
@@ -84,8 +84,11 @@ def multipart(text: str, attachment: bytes) -> Message:
     )
 
 
+KEY = entry_key(b"k" * 32)
+
+
 def cache(redis: FakeRedis | None = None, local: int = 100) -> CachedScan:
-    return CachedScan(VerdictStore((lambda: redis) if redis else None, 60, local, "t:"), 50)
+    return CachedScan(VerdictStore((lambda: redis) if redis else None, 60, local, "t:", KEY), 50)
 
 
 def test_single_part_body_is_answered_from_the_cache_whatever_the_headers() -> None:

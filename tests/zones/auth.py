@@ -200,3 +200,43 @@ def uncooperative_zones() -> dict[str, str]:
         )
         zones[f"evil.{tld}"] = zone_text(f"evil.{tld}", [("@", "TXT", f"v=spf1 ip4:{CLIENT_BAD} -all")], ttl=60)
     return zones
+
+
+# Attacker-sized RSA keys (issue 17, item 2): no private key is needed, only a record whose arithmetic
+# would be expensive. Verification must be refused before any pow() is attempted.
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        length = bytes([n])
+    else:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(raw)]) + raw
+    return bytes([tag]) + length + body
+
+
+def _der_int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def spki_der(modulus: int, exponent: int) -> bytes:
+    """A DER SubjectPublicKeyInfo (rsaEncryption) for any modulus and exponent."""
+    rsa_key = _der(0x30, _der_int(modulus) + _der_int(exponent))
+    algorithm = _der(0x30, _der(0x06, bytes.fromhex("2a864886f70d010101")) + _der(0x05, b""))
+    return _der(0x30, algorithm + _der(0x03, b"\x00" + rsa_key))
+
+
+def odd_number(bits: int, seed: int) -> int:
+    """A deterministic odd number of exactly `bits` bits."""
+    import random
+
+    return random.Random(seed).getrandbits(bits) | (1 << (bits - 1)) | 1
+
+
+def hostile_key_record(modulus_bits: int, exponent: int | None = None, seed: int = 17) -> str:
+    """A DKIM key record with a `modulus_bits` modulus and `exponent` (default: a random odd number as
+    large as the modulus, the shape that costs dkimpy's pure-Python pow() seconds per signature)."""
+    n = odd_number(modulus_bits, seed)
+    e = exponent if exponent is not None else odd_number(modulus_bits, seed + 1) % n
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(spki_der(n, e)).decode()}"

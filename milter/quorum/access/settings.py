@@ -42,6 +42,8 @@ def parse_access(t: Table) -> AccessSettings:
                 parser(read_text(path), path)
             except TableError as exc:
                 t.problems.error(t.key(kind), str(exc))
+            except ValueError as exc:  # a NUL in the path
+                t.problems.error(t.key(kind), f"{path!r} is not a usable path ({exc}); fix it or remove the key")
         paths[kind] = path or None
     exempt: list[str] = []
     items: list[str] = t.str_list("exempt_recipients", list(d.exempt_recipients))

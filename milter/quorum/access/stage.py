@@ -1,7 +1,15 @@
 """The access and DNSBL stages: both decide per recipient at RCPT time.
 
 Access (client, sender and recipient tables): any REJECT wins (554 5.7.1), else any OK marks the
-recipient "ok" (spam verdicts and DMARC enforcement skipped; viruses are still scanned). Client and
+recipient "ok" (spam verdicts and DMARC enforcement skipped; viruses are still scanned). An OK that
+only the sender table gave is keyed on the envelope sender, which anybody can write: it marks the
+recipient "sender_ok", which counts as "ok" only once the sender is verified - an SMTP-authenticated
+session, or SPF pass for the envelope sender's domain, or a DKIM pass by that domain (or a parent or
+subdomain of it). The auth stage checks that at end-of-data (see `sender_verified`); without `[auth]`
+only authenticated sessions qualify. Even verified, it lifts DMARC enforcement only for a From: domain
+equal to the envelope sender's domain: the partner is trusted for its own name, not for others'.
+Client- and recipient-table OKs keep their meaning (the client address cannot be forged over TCP;
+a recipient OK is the receiving user's own choice). Client and
 sender REJECTs are applied at RCPT, not at connect or MAIL FROM, so `exempt_recipients`
 (postmaster, abuse) stay reachable. One message has one end-of-message answer, so every recipient
 of a transaction must share the first accepted recipient's access result: one that differs gets
@@ -17,9 +25,9 @@ combining. Trusted networks, authenticated sessions and "ok" recipients skip it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from quorum.access import dnsbl
 from quorum.access.dnsbl import DnsblCheck, DnsblList, PendingCheck
@@ -34,9 +42,45 @@ from quorum.pipeline.stages import Reply, Stage
 from quorum.pipeline.transaction import AccessClass, Findings, Transaction
 from quorum.verdict import Category, Status, Verdict
 
+if TYPE_CHECKING:
+    from quorum.auth.dkim import DkimResult
+    from quorum.auth.spf import SpfResult
+
 OK = "ok"
+SENDER_OK = "sender_ok"  # OK from the sender table only: honoured once the envelope sender is verified
 DEFAULT = "default"
 T = TypeVar("T")
+
+
+def sender_domain(sender: str) -> str:
+    address = sender.strip().strip("<>").lower()
+    return address.rpartition("@")[2].rstrip(".") if "@" in address else ""
+
+
+def _related(name: str, domain: str) -> bool:
+    """`name` is `domain`, a subdomain of it, or a parent of it with at least two labels."""
+    if not name or not domain:
+        return False
+    if name == domain or name.endswith("." + domain):
+        return True
+    return domain.endswith("." + name) and "." in name
+
+
+def sender_verified(txn: Transaction, spf: SpfResult | None, dkim: Iterable[DkimResult] | None) -> str:
+    """How the envelope sender of a "sender_ok" transaction is verified ("" when it is not):
+    "authenticated", "spf" (pass for the MAIL FROM identity and domain) or "dkim" (a pass by a
+    signing domain related to the sender's domain)."""
+    env = txn.envelope
+    if env.auth_user:
+        return "authenticated"
+    domain = sender_domain(env.sender)
+    if not domain:
+        return ""  # the null sender: nothing to verify it with
+    if spf is not None and spf.result == "pass" and spf.identity == "mailfrom" and spf.domain.lower() == domain:
+        return "spf"
+    if any(d.result == "pass" and _related(d.domain.lower().rstrip("."), domain) for d in dkim or ()):
+        return "dkim"
+    return ""
 
 
 class AccessStage(Stage):
@@ -62,15 +106,20 @@ class AccessStage(Stage):
         for rule in rules:
             if rule.action == "REJECT" and (rule is rcpt or not exempt):
                 return replies.access_denied(rule.text)
-        ok = next((r for r in rules if r.action == "OK"), None)
-        cls = AccessClass(OK, ok.source) if ok else AccessClass(DEFAULT)
+        ok = next((r for r in rules if r.action == "OK" and r is not sender), None)
+        if ok is not None:
+            cls = AccessClass(OK, ok.source)
+        elif sender is not None and sender.action == "OK":
+            cls = AccessClass(OK if env.auth_user else SENDER_OK, sender.source)
+        else:
+            cls = AccessClass(DEFAULT)
         if env.recipients and txn.access_class().name != cls.name:
             return replies.SEPARATE_TRANSACTION
         txn.access[recipient.lower()] = cls
         return None
 
     def wants(self, txn: Transaction) -> bool:
-        return self.header is not None or txn.access_class().name == OK
+        return self.header is not None or txn.access_class().name in (OK, SENDER_OK)
 
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
         found = Findings(self.name)
@@ -78,6 +127,8 @@ class AccessStage(Stage):
         if first.name == OK:
             found.skip_spam = True
             found.log["access"] = f"ok({first.source})"
+        elif first.name == SENDER_OK:  # the auth stage sets skip_spam once the sender is verified
+            found.log["access"] = f"sender_ok({first.source})"
         if self.header is None:
             return found
         matches = match(self.header.get(), message.headers)
@@ -93,6 +144,12 @@ class AccessStage(Stage):
             found.log["header_rules"] = ",".join(f"{m.rule.action.lower()}({m.rule.source})" for m in matches)
             found.log["header_matched"] = printable(matches[0].header[:100])
         return found
+
+
+def _ok_at_rcpt(txn: Transaction, recipient: str) -> bool:
+    """An "ok" recipient, or a "sender_ok" one whose sender SPF already verified (`spf_at = "mail"`)."""
+    name = txn.access_class(recipient).name
+    return name == OK or (name == SENDER_OK and sender_verified(txn, txn.spf, None) == "spf")
 
 
 class _Inline(Executor):
@@ -158,7 +215,7 @@ class DnsblStage(Stage):
         return None
 
     def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
-        if self._skip(txn) or txn.access_class(recipient).name == OK:
+        if self._skip(txn) or _ok_at_rcpt(txn, recipient):
             return None
         if is_exempt(recipient, self.exempt_recipients):
             return None

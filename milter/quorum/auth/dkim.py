@@ -3,21 +3,37 @@
 Each signature gets its own result, mapped to RFC 8601 terms:
 - pass; fail (signature or body hash does not verify);
 - neutral (the signature cannot be processed: bad tags, expired, unsupported, message too large);
-- permerror (no key, revoked, malformed or too small key); temperror (key lookup failed for now).
+- permerror (no key, revoked, malformed, too small or too large key); temperror (key lookup failed
+  for now, or the message's DKIM time ran out).
 dkimpy's own verify() folds key-lookup failures into "False": the key fetcher passed as `dnsfunc`
 records what happened so those become permerror/temperror instead of fail.
+
+Bounded work: dkimpy does RSA in pure Python while holding the GIL, and a deadline cannot interrupt
+it, so the key record is checked before any arithmetic (and before the body is hashed): a key record
+of more than MAX_KEY_RECORD_BYTES, a modulus above MAX_KEY_BITS or a public exponent that is not an
+odd number from 3 to MAX_EXPONENT is refused (permerror "key too large" / "unsafe exponent"). With
+those bounds one verification costs a few milliseconds at most. At most `dkim_max_signatures`
+signatures are verified per message, and none is started after the deadline.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import time
 from dataclasses import dataclass
 
 import dkim as dkimpy
+from dkim.crypto import parse_public_key
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from quorum.auth.resolver import DnsTempError, Resolver
 from quorum.message import Header
+
+MAX_KEY_BITS = 8192  # RFC 8301 asks verifiers for 1024..4096 bits; larger keys are refused unverified
+MAX_EXPONENT = 2**32 - 1  # real keys use 65537 (or 3); a huge e makes pow() cost seconds per signature
+MAX_KEY_RECORD_BYTES = 1100  # DER of an 8192-bit SubjectPublicKeyInfo with a 32-bit exponent: <= 1064
 
 _quiet = logging.getLogger("quorum.auth.dkimpy")
 _quiet.addHandler(logging.NullHandler())
@@ -66,6 +82,10 @@ class _KeyFetcher:
         if len(records) > 1:
             self.problem = "several key records"
             return None
+        problem = key_problem(records[0])
+        if problem:
+            self.problem = problem
+            return None  # dkimpy: "missing public key" -> False, reported as permerror with our reason
         try:
             dkimpy.evaluate_pk(name, records[0])
         except dkimpy.KeyFormatError as exc:
@@ -73,6 +93,33 @@ class _KeyFetcher:
         except Exception as exc:  # binascii.Error and friends from odd key data
             self.problem = f"bad key: {exc.__class__.__name__}"
         return records[0]
+
+
+def key_problem(record: bytes) -> str:
+    """Why an RSA key record must not be used for arithmetic ("" when it may): checked before dkimpy
+    parses it (its DER integer parsing is quadratic in the length) and before any pow()."""
+    try:
+        tags = dict(parse_tag_value(record))
+    except (InvalidTagValueList, ValueError):
+        return ""  # dkimpy reports the malformed record itself
+    if tags.get(b"k", b"rsa").strip().lower() != b"rsa" or b"p" not in tags:
+        return ""
+    try:
+        der = base64.b64decode(b"".join(tags[b"p"].split()))
+    except (binascii.Error, ValueError):
+        return ""
+    if len(der) > MAX_KEY_RECORD_BYTES:
+        return f"key too large: {len(der)}-byte key data, at most {MAX_KEY_BITS}-bit keys are verified"
+    try:
+        key = parse_public_key(der)
+    except Exception:
+        return ""  # unparsable: dkimpy says so
+    modulus, exponent = key["modulus"], key["publicExponent"]
+    if modulus.bit_length() > MAX_KEY_BITS:
+        return f"key too large: {modulus.bit_length()} bits, at most {MAX_KEY_BITS} are verified"
+    if not (3 <= exponent <= MAX_EXPONENT and exponent % 2 == 1):
+        return "unsafe key: public exponent is not an odd number from 3 to 2**32-1"
+    return ""
 
 
 def _tags(header: Header) -> dict[bytes, bytes]:
@@ -110,7 +157,13 @@ def verify_dkim(
         verifier = dkimpy.DKIM(raw, logger=_quiet, minkey=min_key_bits)
     except Exception as exc:  # unparsable message
         return [_describe(_tags(h), "neutral", f"message not parsable: {exc.__class__.__name__}") for h in sigs]
-    return [_verify_one(verifier, idx, _tags(h), resolver, deadline) for idx, h in enumerate(sigs[:max_signatures])]
+    results: list[DkimResult] = []
+    for idx, header in enumerate(sigs[:max_signatures]):
+        if time.monotonic() >= deadline:
+            results.append(_describe(_tags(header), "temperror", "not verified: no time left"))
+            continue
+        results.append(_verify_one(verifier, idx, _tags(header), resolver, deadline))
+    return results
 
 
 def _verify_one(

@@ -33,10 +33,19 @@ def parse(root: Table) -> AuthFeatureSettings | None:
     """None when none of [auth], [[dnsbl]] or [access] is configured."""
     dns = parse_dns(root.table("dns"))
     has_auth = "auth" in root.data
-    auth = parse_auth(root.table("auth"))
+    milter = root.data.get("milter")
+    own = milter.get("authserv_id") if isinstance(milter, dict) else None
+    auth = parse_auth(root.table("auth"), own if isinstance(own, str) else "quorum")
     lists = parse_lists(root.raw("dnsbl"), root)
     access = parse_access(root.table("access"))
     settings = AuthFeatureSettings(dns, auth, has_auth and auth.enabled, lists, access)
+    if access.sender and not settings.auth_enabled:
+        root.problems.warn(
+            "access.sender",
+            "sender-table OK entries are keyed on the forgeable envelope sender and are honoured only for a "
+            "verified sender; without [auth] (SPF/DKIM) only SMTP-authenticated sessions count. Enable [auth] "
+            "or key the exemption on the client address ([access] client)",
+        )
     if not (settings.auth_enabled or settings.dnsbl or settings.access.any_table):
         return None
     return settings

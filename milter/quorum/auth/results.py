@@ -3,7 +3,10 @@ inbound copies forged with our authserv-id (those are removed; other ADMDs' head
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import re
+import unicodedata
 
 import authres
 import authres.core
@@ -89,7 +92,13 @@ def header_value(
     return ";".join([authserv_id, *(f"{_FOLD}{r}" for r in results)])
 
 
-_TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s;()"]+)', re.S)
+_TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)"?|([^\s;()"]+)', re.S)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+_SEPARATORS = re.compile(r"[\s;()\"]+")
+_IGNORABLE = re.compile(
+    r"[\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8]+"
+)
 
 
 def _skip_cfws(value: bytes, pos: int) -> int:
@@ -110,19 +119,40 @@ def _skip_cfws(value: bytes, pos: int) -> int:
     return pos
 
 
+def normalise_id(text: str) -> str:
+    """An authserv-id as a lenient consumer may read it: encoded-words decoded, Unicode compatibility
+    forms folded (NFKC), invisible and space characters (NBSP, zero-width, bidi controls) taken as
+    separators, the first word kept, case folded, a trailing root dot dropped."""
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
+            pass
+    text = _IGNORABLE.sub(" ", unicodedata.normalize("NFKC", text))
+    words = [w for w in _SEPARATORS.split(text) if w]
+    return words[0].rstrip(".").casefold() if words else ""
+
+
 def claimed_authserv_id(raw_value: bytes) -> str:
     """The authserv-id an inbound A-R header claims ("" when none), read leniently so that a
-    malformed header cannot slip past the removal."""
+    malformed header cannot slip past the removal: RFC 8601's `value` is a token or an RFC 5322
+    quoted-string (quoted-pairs unescaped; an unterminated one runs to the end), after CFWS."""
     token = _TOKEN.match(raw_value, _skip_cfws(raw_value, 0))
     if not token:
         return ""
     raw = token.group(1) if token.group(1) is not None else token.group(2)
-    return raw.decode("ascii", "replace").strip().rstrip(".").lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # a bare 0xA0 is NBSP to a Latin-1 reader
+    if token.group(1) is not None:
+        text = _QUOTED_PAIR.sub(r"\1", text.replace("\r\n", ""))
+    return normalise_id(text)
 
 
 def claims_our_id(authserv_id: str) -> object:
     """The removal predicate for `Stage.removals`: does this inbound header claim our id?"""
-    ours = authserv_id.strip().rstrip(".").lower()
+    ours = normalise_id(authserv_id)
 
     def predicate(raw_value: bytes) -> bool:
         return claimed_authserv_id(raw_value) == ours

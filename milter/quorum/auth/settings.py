@@ -39,6 +39,9 @@ class AuthSettings:
     trusted_networks: tuple[IPNetwork, ...] = field(
         default_factory=lambda: (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     )
+    # Authentication-Results of milters placed before Quorum (OpenDKIM, OpenDMARC): kept as they are.
+    # They must differ from [milter] authserv_id: a header with our own id is removed whoever wrote it.
+    trusted_upstream_authserv_ids: tuple[str, ...] = ()
 
 
 def parse_networks(t: Table, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -74,7 +77,31 @@ def parse_dns(t: Table) -> DnsSettings:
     return settings
 
 
-def parse_auth(t: Table) -> AuthSettings:
+def parse_upstream_ids(t: Table, own: str) -> tuple[str, ...]:
+    from quorum.auth.results import normalise_id
+
+    ids: list[str] = []
+    items: list[str] = t.str_list("trusted_upstream_authserv_ids", [])
+    for item in items:
+        value = normalise_id(item)
+        if not value or value != item.strip().rstrip(".").lower():
+            t.problems.error(
+                t.key("trusted_upstream_authserv_ids"),
+                f'{item!r} is not an authserv-id; write the upstream milter\'s own id, e.g. "dkim.mx.example"',
+            )
+        elif value == normalise_id(own):
+            t.problems.error(
+                t.key("trusted_upstream_authserv_ids"),
+                f"{item!r} is also [milter] authserv_id: Quorum removes every inbound Authentication-Results "
+                "with its own id, and cannot tell the upstream milter's header from a forged copy. Give the "
+                "upstream milter its own id (OpenDKIM/OpenDMARC `AuthservID`) and list that id here",
+            )
+        else:
+            ids.append(value)
+    return tuple(ids)
+
+
+def parse_auth(t: Table, own_authserv_id: str = "quorum") -> AuthSettings:
     d = AuthSettings()
     settings = AuthSettings(
         enabled=t.bool("enabled", d.enabled),
@@ -90,6 +117,7 @@ def parse_auth(t: Table) -> AuthSettings:
             "dmarc_quarantine_action", d.dmarc_quarantine_action, DMARC_QUARANTINE_ACTIONS
         ),
         trusted_networks=parse_networks(t, "trusted_networks", ["127.0.0.0/8", "::1/128"]),
+        trusted_upstream_authserv_ids=parse_upstream_ids(t, own_authserv_id),
     )
     if settings.dmarc and not (settings.spf and settings.dkim):
         t.problems.warn(

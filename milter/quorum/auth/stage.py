@@ -9,20 +9,26 @@ When each check runs:
 - DKIM and DMARC need the message: `examine` only. DKIM is skipped above `dkim_max_size`
   (memory stays bounded; every signature then reads `neutral`) and on a message whose body was
   not stored whole (over max_message_size with on_oversize = "accept"): a truncated message is
-  never judged as if whole, so its DKIM signatures read `neutral` and DMARC is not enforced on it.
-  DMARC follows DKIM.
+  never judged as if whole, so its DKIM signatures read `neutral`. DMARC follows DKIM; on a
+  truncated message a DMARC failure is enforced only when the body could not change it: SPF did
+  not pass aligned and no DKIM signature is aligned with the From: domain at all (a spoof padded
+  past the size limit is still refused); with an aligned but unverifiable signature it is not.
 
 Trust: SMTP-authenticated sessions get `auth=pass smtp.auth=<user>` and no SPF or DMARC (the
 client address of a roaming user says nothing about the domain); trusted networks are checked
-and reported but never enforced; neither is enforced for recipients an access rule marked OK.
+and reported but never enforced; neither is enforced for recipients a client or recipient access
+rule marked OK. A sender-table OK ("sender_ok", keyed on the forgeable envelope sender) counts only
+when this stage verified the sender (SPF pass for its domain or a DKIM pass by it: then spam
+verdicts are skipped), and lifts DMARC enforcement only when the From: domain is the sender's own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
-from quorum.access.stage import OK
+from quorum.access.stage import OK, SENDER_OK, sender_domain, sender_verified
 from quorum.auth import results
 from quorum.auth.dkim import DkimResult, not_verified, signature_headers, verify_dkim
 from quorum.auth.dmarc import DmarcResult, evaluate
@@ -31,7 +37,7 @@ from quorum.auth.settings import AuthSettings
 from quorum.auth.spf import SpfResult, check_spf
 from quorum.auth.trust import trust_reason
 from quorum.config.model import ReplyTexts
-from quorum.message import Envelope, Message
+from quorum.message import Envelope, Message, SpoolClosed
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Stage
 from quorum.pipeline.transaction import AuthFindings, Findings, Transaction
@@ -69,7 +75,12 @@ class AuthStage(Stage):
         try:
             self._examine(txn, message, found, deadline - _MARGIN)
         except Exception as exc:  # never lose the message to a checker bug
-            log.exception("sender authentication failed")
+            if isinstance(exc, SpoolClosed) or not txn.open:
+                # The transaction ended while this check still ran (its fan-out was over): the
+                # result is dropped anyway, and the failure is that ending, not a bug.
+                log.debug("sender authentication ended with its transaction (%s)", type(exc).__name__)
+            else:
+                log.exception("sender authentication failed")
             found.log["auth_error"] = exc.__class__.__name__
         return found
 
@@ -95,13 +106,39 @@ class AuthStage(Stage):
         dmarc: DmarcResult | None = None
         if s.dmarc and not env.auth_user:
             dmarc = evaluate(message.headers, spf, dkim or [], self.resolver, deadline)
+        sender_ok = ""
+        if txn.access_class().name == SENDER_OK:
+            sender_ok = sender_verified(txn, spf, dkim)
+            found.skip_spam = bool(sender_ok)
+            found.log["access"] = (
+                f"ok({txn.access_class().source}, sender verified by {sender_ok})"
+                if sender_ok
+                else f"none({txn.access_class().source}: sender OK ignored, sender not verified)"
+            )
         found.auth = AuthFindings(spf, tuple(dkim) if dkim is not None else None, dmarc)
         found.headers.append((results.HEADER, results.header_value(self.authserv_id, spf, dkim, dmarc, env.auth_user)))
         self._log(found, spf, dkim, dmarc, trust)
-        if dmarc is not None and message.truncated and dmarc.result == "fail":
+        if (
+            dmarc is not None
+            and message.truncated
+            and dmarc.result == "fail"
+            and self._body_could_pass(message, spf, dkim or [], deadline)
+        ):
             found.log["dmarc_action"] = "none(body not stored whole)"
         elif dmarc is not None:
-            self._enforce(txn, found, dmarc, trust)
+            self._enforce(txn, found, dmarc, trust, sender_ok)
+
+    def _body_could_pass(
+        self, message: Message, spf: SpfResult | None, dkim: list[DkimResult], deadline: float
+    ) -> bool:
+        """On a truncated message DMARC failed with every signature unverified: could the whole body
+        have made it pass? Only through a signature aligned with the From: domain; with none (or no
+        signature at all), the outcome does not depend on the body and the policy is enforced. Each
+        unverified signature counts as a temporary error: an aligned one makes the result temperror."""
+        unknown = [replace(d, result="temperror") if d.result == "neutral" else d for d in dkim]
+        if unknown == dkim:
+            return False
+        return evaluate(message.headers, spf, unknown, self.resolver, deadline).result != "fail"
 
     def _log(
         self,
@@ -120,7 +157,7 @@ class AuthStage(Stage):
         if trust:
             ctx.log["trust"] = trust
 
-    def _enforce(self, txn: Transaction, ctx: Findings, dmarc: DmarcResult, trust: str) -> None:
+    def _enforce(self, txn: Transaction, ctx: Findings, dmarc: DmarcResult, trust: str, sender_ok: str = "") -> None:
         s = self.settings
         enforce = txn.policy.dmarc_enforce if txn.policy is not None else s.dmarc_enforce
         if dmarc.result != "fail" or dmarc.testing or enforce == "off":
@@ -130,12 +167,18 @@ class AuthStage(Stage):
         if trust or txn.access_class().name == OK:
             ctx.log["dmarc_action"] = f"none({trust or 'access ok'})"
             return
+        if sender_ok and dmarc.header_from and dmarc.header_from == sender_domain(txn.envelope.sender):
+            ctx.log["dmarc_action"] = "none(access ok, verified sender)"
+            return
         if dmarc.policy == "reject" and enforce == "reject":
             ctx.log["dmarc_action"] = "reject"
             texts = txn.policy.replies if txn.policy is not None else self.texts
             ctx.decide(replies.dmarc(texts, dmarc.header_from), f"dmarc=fail {dmarc.policy_tag}=reject")
             return
         ctx.log["dmarc_action"] = "hold" if s.dmarc_quarantine_action == "hold" else "quarantine"
+        if sender_ok:  # a verified partner, but the From: domain is not its own: DMARC still counts
+            ctx.skip_spam = False
+            ctx.log["access"] += "; spam verdicts kept for DMARC"
         ctx.spam_flag = True
         ctx.hold = ctx.hold or s.dmarc_quarantine_action == "hold"
         ctx.votes.append(

@@ -6,9 +6,11 @@ Each problem names the key (`engines.clamav.timeout`) and says how to fix it.
 from __future__ import annotations
 
 import builtins
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,22 +30,35 @@ class Problems:
     warnings: list[str] = field(default_factory=list)
 
     def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{key}: {message}")
+        problem = f"{key}: {message}"
+        if problem not in self.errors:  # two readers of one table report its problem once
+            self.errors.append(problem)
 
     def warn(self, key: str, message: str) -> None:
-        self.warnings.append(f"{key}: {message}")
+        problem = f"{key}: {message}"
+        if problem not in self.warnings:
+            self.warnings.append(problem)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG])?[bB]?\s*$")
 _SIZE_UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# Hard bounds every number must stay within, whatever the key: past them a value is a typo (or an
+# attack on the config) and breaks the code that uses it (timers overflow, C calls refuse it).
+MAX_DURATION = 1e9  # seconds, about 31 years (threading's timeouts stop at ~292 years)
+MAX_SIZE = 1 << 50  # bytes: 1 PiB
+MAX_INT = (1 << 63) - 1  # what a C long holds
+MAX_FLOAT = 1e15
 
 
 class Table:
     """A view on one TOML table that knows its dotted path and records problems."""
 
     def __init__(self, data: Mapping[builtins.str, Any], path: builtins.str, problems: Problems) -> None:
+        if not isinstance(data, Mapping):  # a caller that did not check: report it, read nothing
+            problems.error(path or "config", f"expected a table, got {shown(data)}; fix the value or remove the key")
+            data = {}
         self.data = data
         self.path = path
         self.problems = problems
@@ -57,7 +72,7 @@ class Table:
         return self.data.get(name, default)
 
     def _bad(self, name: builtins.str, expected: builtins.str, value: Any, default: T) -> T:
-        self.problems.error(self.key(name), f"expected {expected}, got {value!r}; fix the value or remove the key")
+        self.problems.error(self.key(name), f"expected {expected}, got {shown(value)}; fix the value or remove the key")
         return default
 
     def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
@@ -88,7 +103,7 @@ class Table:
         value = self._get(name, default)
         if isinstance(value, builtins.bool) or not isinstance(value, builtins.int):
             return self._bad(name, "a whole number", value, default)
-        return self._range(name, value, default, minimum, maximum)
+        return self._range(name, value, default, _lo(minimum, -MAX_INT), _hi(maximum, MAX_INT))
 
     def float(
         self,
@@ -100,19 +115,30 @@ class Table:
         value = self._get(name, default)
         if isinstance(value, builtins.bool) or not isinstance(value, (builtins.int, builtins.float)):
             return self._bad(name, "a number", value, default)
-        return self._range(name, float(value), default, minimum, maximum)
+        number = _finite(value)
+        if number is None:
+            return self._not_finite(name, value, default)
+        return self._range(name, number, default, _lo(minimum, -MAX_FLOAT), _hi(maximum, MAX_FLOAT))
 
     def opt_float(self, name: builtins.str, minimum: builtins.float | None = None) -> builtins.float | None:
         if self._get(name, None) is None:
             return None
         return self.float(name, 0.0, minimum)
 
+    def _not_finite(self, name: builtins.str, value: Any, default: T) -> T:
+        self.problems.error(
+            self.key(name), f"must be a finite number, got {shown(value)}; nan and inf are not values, write a number"
+        )
+        return default
+
     def _range(self, name: builtins.str, value: Any, default: Any, lo: Any, hi: Any) -> Any:
+        if isinstance(value, builtins.float) and not math.isfinite(value):
+            return self._not_finite(name, value, default)
         if lo is not None and value < lo:
-            self.problems.error(self.key(name), f"must be at least {lo}, got {value}")
+            self.problems.error(self.key(name), f"must be at least {lo}, got {shown(value)}")
             return default
         if hi is not None and value > hi:
-            self.problems.error(self.key(name), f"must be at most {hi}, got {value}")
+            self.problems.error(self.key(name), f"must be at most {hi}, got {shown(value)}")
             return default
         return value
 
@@ -122,12 +148,14 @@ class Table:
         if isinstance(value, builtins.bool):
             return self._bad(name, 'seconds or a duration such as "10m"', value, default)
         if isinstance(value, (builtins.int, builtins.float)):
-            seconds = float(value)
+            seconds = _finite(value)
         elif isinstance(value, builtins.str) and (m := _DURATION.match(value)):
-            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+            seconds = _finite(float(m.group(1)) * _UNITS[m.group(2)])
         else:
             return self._bad(name, 'seconds or a duration such as "10m"', value, default)
-        return self._range(name, seconds, default, minimum, None)
+        if seconds is None:
+            return self._not_finite(name, value, default)
+        return self._range(name, seconds, default, minimum, MAX_DURATION)
 
     def size(self, name: builtins.str, default: builtins.int, minimum: builtins.int = 0) -> builtins.int:
         """Bytes, from a number or a string such as "25M"."""
@@ -135,17 +163,17 @@ class Table:
         if isinstance(value, builtins.bool):
             return self._bad(name, 'bytes or a size such as "25M"', value, default)
         if isinstance(value, builtins.int):
-            return self._range(name, value, default, minimum, None)
-        if isinstance(value, builtins.str) and (m := _SIZE.match(value)):
+            return self._range(name, value, default, minimum, MAX_SIZE)
+        if isinstance(value, builtins.str) and len(value) <= 64 and (m := _SIZE.match(value)):
             unit = m.group(2).lower() if m.group(2) else None
-            return self._range(name, int(m.group(1)) * _SIZE_UNITS[unit], default, minimum, None)
+            return self._range(name, int(m.group(1)) * _SIZE_UNITS[unit], default, minimum, MAX_SIZE)
         return self._bad(name, 'bytes or a size such as "25M"', value, default)
 
     def choice(self, name: builtins.str, default: builtins.str, choices: Iterable[builtins.str]) -> builtins.str:
         options = tuple(choices)
         value = self._get(name, default)
-        if value not in options:
-            self.problems.error(self.key(name), f"must be one of {' | '.join(options)}, got {value!r}")
+        if not isinstance(value, builtins.str) or value not in options:
+            self.problems.error(self.key(name), f"must be one of {' | '.join(options)}, got {shown(value)}")
             return default
         return str(value)
 
@@ -170,3 +198,36 @@ class Table:
         for name in self.data:
             if name not in self._seen and name not in set(allowed_extra):
                 self.problems.error(self.key(name), "unknown key; check the spelling (see README, Configuration)")
+
+
+def shown(value: Any, limit: builtins.int = 80) -> builtins.str:
+    """`repr(value)` cut to `limit` characters, for messages about values of any size."""
+    if isinstance(value, builtins.int) and not isinstance(value, builtins.bool) and value.bit_length() > 200:
+        return f"a number of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_dir(path: builtins.str) -> builtins.bool:
+    """Whether `path` is a directory; False (not an exception) for a NUL or a too-long name."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _finite(value: builtins.int | builtins.float) -> builtins.float | None:
+    """The value as a float, or None for nan, inf and integers too large for a float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _lo(given: Any, bound: Any) -> Any:
+    return bound if given is None else max(given, bound)
+
+
+def _hi(given: Any, bound: Any) -> Any:
+    return bound if given is None else min(given, bound)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from quorum.config import model
-from quorum.config.fields import ConfigError, Table
+from quorum.config.fields import ConfigError, Table, is_dir, shown
 from quorum.config.model import MilterSettings, PolicySettings, ReplyTexts
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
-_SOCKET = re.compile(r"^(inet:\d{1,5}(@\S+)?|inet6:\d{1,5}(@\S+)?|(unix|local):/\S+)$")
+_SOCKET = re.compile(r"(inet6?:(?P<port>\d{1,5})(@\S+)?|(unix|local):/\S+)", re.ASCII)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -30,6 +30,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{path}: TOML nested too deeply; flatten the arrays or inline tables"]) from exc
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([f"{path}: TOML value cannot be read: {exc}"]) from exc
 
 
 def parse_core(root: Table) -> tuple[MilterSettings, PolicySettings, ReplyTexts]:
@@ -40,18 +44,15 @@ def parse_core(root: Table) -> tuple[MilterSettings, PolicySettings, ReplyTexts]
 def _milter(t: Table) -> MilterSettings:
     d = MilterSettings()
     socket = t.str("socket", d.socket)
-    if not _SOCKET.match(socket):
+    m = _SOCKET.fullmatch(socket)
+    if m and m.group("port") is not None and not 0 < int(m.group("port")) < 65536:
+        t.problems.error(t.key("socket"), f"port {m.group('port')} is out of range; use 1 to 65535")
+    elif not m:
         t.problems.error(
             t.key("socket"),
             f'{socket!r} is not a libmilter socket; use "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path"',
         )
-    mode = t.opt_str("socket_mode")
-    socket_mode = None
-    if mode is not None:
-        try:
-            socket_mode = int(mode, 8)
-        except ValueError:
-            t.problems.error(t.key("socket_mode"), f'expected an octal mode such as "0660", got {mode!r}')
+    socket_mode = _socket_mode(t)
     settings = MilterSettings(
         socket=socket,
         name=t.str("name", d.name),
@@ -75,15 +76,44 @@ def _milter(t: Table) -> MilterSettings:
         user=t.opt_str("user"),
         log_format=t.choice("log_format", d.log_format, ("text", "json")),
     )
-    if settings.metrics_listen is not None and not re.match(r"^\[?[\w.:-]*\]?:\d{1,5}$", settings.metrics_listen):
+    if settings.metrics_listen is not None and not re.fullmatch(
+        r"\[?[\w.:-]*\]?:\d{1,5}", settings.metrics_listen, re.ASCII
+    ):
         t.problems.error(
             t.key("metrics_listen"), f'{settings.metrics_listen!r} is not "host:port"; e.g. "127.0.0.1:9901"'
         )
-    if settings.tmpdir and not Path(settings.tmpdir).is_dir():
+    if settings.tmpdir and not is_dir(settings.tmpdir):
         t.problems.error(t.key("tmpdir"), f"{settings.tmpdir!r} is not a directory; create it or remove the key")
     _check_accounts(t, settings)
     t.reject_unknown()
     return settings
+
+
+_MODE = re.compile(r"0?[0-7]{3}", re.ASCII)
+
+
+def _socket_mode(t: Table) -> int | None:
+    """`socket_mode`: an octal string of permission bits only ("0660"), 0 to 0777; a warning when
+    anyone on the machine could connect (o+w): such a client can submit mail as Postfix does."""
+    key = t.key("socket_mode")
+    value = t.raw("socket_mode")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _MODE.fullmatch(value):
+        hint = " (write it as a string: a TOML number is read as decimal)" if isinstance(value, int) else ""
+        t.problems.error(
+            key,
+            f'expected an octal permission mode from "0000" to "0777" such as "0660", got {shown(value)}{hint}',
+        )
+        return None
+    mode = int(value, 8)
+    if mode & 0o002:
+        t.problems.warn(
+            key,
+            f"{value} lets every local user connect to the milter socket and talk to Quorum as the MTA; "
+            'use "0660" with socket_group = "postfix"',
+        )
+    return mode
 
 
 def _check_accounts(t: Table, settings: MilterSettings) -> None:
@@ -91,7 +121,7 @@ def _check_accounts(t: Table, settings: MilterSettings) -> None:
     if settings.socket_group is not None:
         try:
             grp.getgrnam(settings.socket_group)
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
             t.problems.error(
                 t.key("socket_group"),
                 f"no group {settings.socket_group!r} on this machine; set the group Postfix's smtpd runs as "
@@ -100,7 +130,7 @@ def _check_accounts(t: Table, settings: MilterSettings) -> None:
     if settings.user is not None:
         try:
             pwd.getpwnam(settings.user)
-        except KeyError:
+        except (KeyError, ValueError):
             t.problems.error(
                 t.key("user"),
                 f"no user {settings.user!r} on this machine; create it (useradd --system --user-group "

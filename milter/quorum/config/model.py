@@ -20,7 +20,7 @@ class MilterSettings:
     name: str = "quorum"
     scan_deadline: float = 30.0
     max_message_size: int = 26214400
-    on_oversize: str = "accept"
+    on_oversize: str = "reject"
     authserv_id: str = "quorum"
     body_memory_limit: int = 1 << 20
     tmpdir: str | None = None

@@ -14,6 +14,14 @@ Debian's AppArmor profile for clamd limits the paths it may read) must never get
 answer OK for a message it did not see. A failed proof, or a FILDES exchange that ends in ERROR
 (retried as INSTREAM), makes the engine stream from then on.
 
+Limits: a clamd that stops at one of its limits (MaxRecursion, MaxScanSize, MaxFiles, MaxFileSize,
+MaxScanTime...) answers `OK` for content it did not look at, unless it runs with `AlertExceedsMax yes`
+(engines/clamav/clamd.conf); it then names the limit, `stream: Heuristics.Limits.Exceeded.MaxRecursion
+FOUND`. Such an answer is no virus and no "clean" either: it is an INFECTED verdict (a definitive,
+refusing answer, never an engine failure that would trip the breaker or pass as "unchecked")
+labelled `infected(limits-exceeded)` with the limit in `extra["limit"]`; the policy refuses it like
+a virus, saying the message could not be scanned completely.
+
 With `reuse = true` scans run on a small pool of `zIDSESSION` connections (replies are prefixed by
 the request id, `zEND` closes the session); any failure on a reused connection falls back to a
 fresh one within the same budget. Off by default: see bench/clamd_reuse.py for the measurement.
@@ -36,7 +44,7 @@ from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
 from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
 from quorum.message import Message
-from quorum.verdict import Category, Status, Verdict
+from quorum.verdict import LIMITS_EXCEEDED, Category, Status, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ _TERMINATOR = struct.pack("!L", 0)
 # EICAR's test string (the FILDES proof), encoded so that a scanner does not report this file
 _EICAR_B64 = "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo="
 _Sender = Callable[[Connection, bytes], None]  # writes one command (and its payload) on a connection
+LIMITS_PREFIX = "Heuristics.Limits.Exceeded"  # what clamd (AlertExceedsMax) names a limit it stopped at
 
 
 class ClamAV(Engine):
@@ -94,6 +103,16 @@ class ClamAV(Engine):
         if status is Status.INFECTED:
             return self.verdict(Status.INFECTED, names=(name,))
         return self.verdict(Status.CLEAN)
+
+    def verdict(self, status: Status, **kw: Any) -> Verdict:
+        """A verdict of this engine; an INFECTED one that names a clamd limit (also one rebuilt from
+        the verdict cache) carries detail `limits-exceeded` and the limit in `extra["limit"]`."""
+        names = kw.get("names") or ()
+        limit = limit_exceeded(names[0]) if status is Status.INFECTED and names else None
+        if limit is not None:
+            kw.setdefault("detail", LIMITS_EXCEEDED)
+            kw["extra"] = {**kw.get("extra", {}), "limit": limit}
+        return super().verdict(status, **kw)
 
     def _fdpass_proven(self, call: ScanCall) -> bool:
         """Whether clamd has shown that it reads our descriptors: once per engine, EICAR's test string
@@ -295,6 +314,16 @@ def _read_reply(conn: Connection) -> str:
 
 def _end_session(conn: Connection) -> None:
     conn.send(b"zEND\0")
+
+
+def limit_exceeded(name: str) -> str | None:
+    """The limit a clamd detection name reports (`Heuristics.Limits.Exceeded.MaxRecursion` ->
+    `MaxRecursion`; clamd before 0.101 said only `Heuristics.Limits.Exceeded`: "unknown"), or None
+    for any other name."""
+    if name != LIMITS_PREFIX and not name.startswith(LIMITS_PREFIX + "."):
+        return None
+    limit = name[len(LIMITS_PREFIX) + 1 :].removesuffix(".UNOFFICIAL")
+    return limit if limit and limit.isalnum() else "unknown"
 
 
 _SUBJECT = re.compile(r"(?:stream|fd\[\d+\]): ")  # what clamd names: the stream, or the passed descriptor

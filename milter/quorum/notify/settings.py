@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 
-from quorum.config.fields import Table
+from quorum.config.fields import Table, is_dir
 from quorum.ratelimit.settings import RedisSettings, shared_redis
 
 EVENTS = ("virus", "quarantine", "rule", "spam_reject")  # about one message, submitted by the stage
@@ -70,7 +70,7 @@ def parse_settings(root: Table) -> NotifySettings | None:
     elif not valid_address(parseaddr(from_address)[1]) or "\n" in from_address or "\r" in from_address:
         t.problems.error(t.key("from"), f'{from_address!r} is not an address; use e.g. "Mail Filter <pm@example.net>"')
     templates = t.opt_str("templates")
-    if templates is not None and not Path(templates).is_dir():
+    if templates is not None and not is_dir(templates):
         t.problems.error(t.key("templates"), f"{templates!r} is not a directory; create it or remove the key")
     prefix = t.str("key_prefix", d.key_prefix)
     if "{" in prefix or "}" in prefix:
@@ -102,7 +102,7 @@ def _relay(t: Table) -> tuple[str, int]:
     value = t.str("relay", "127.0.0.1:10026")
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
         example = "127.0.0.1:10026"
         t.problems.error(t.key("relay"), f'{value!r} is not "host:port"; name the notice listener, e.g. "{example}"')
         return NotifySettings().relay

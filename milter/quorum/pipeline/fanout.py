@@ -12,6 +12,7 @@ reaches the transaction.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -80,8 +81,9 @@ def fan_out(
     found: dict[str, Findings] = {}
     pending: set[Future[Any]] = set()
     submit(first)
+    over = threading.Event()  # set when this fan-out ends: a check still running is then moot
     checks: dict[Future[Findings | None], Stage] = {
-        _submit(stage_pool, stage, txn, message, deadline): stage for stage in wanted
+        _submit(stage_pool, stage, txn, message, deadline, over): stage for stage in wanted
     }
     pending |= set(checks)
     waiting = bool(later)
@@ -112,6 +114,7 @@ def fan_out(
         if finished and settled(list(done.values()), _merge(stages, found)):
             early_exit = True
             break
+    over.set()
     for fut in pending:  # unstarted ones never run; late ones are dropped and counted
         fut.cancel()
         fut.add_done_callback(_count_late)
@@ -125,9 +128,9 @@ def fan_out(
         if call is not None:
             call.cancel()
         elapsed = time.monotonic() - start
-        if early_exit or call is None:
+        if early_exit:  # decided without it (a virus, a stage's refusal): not a failure
             verdicts.append(runner.engine.verdict(Status.CANCELLED, elapsed=elapsed))
-        else:
+        else:  # the deadline came first, whether or not it had started: it did not check the message
             verdicts.append(runner.engine.verdict(Status.ERROR, error="timeout", elapsed=elapsed))
     scan = _merge(stages, found)
     if not early_exit:
@@ -142,19 +145,30 @@ def _merge(stages: list[Stage], found: dict[str, Findings]) -> Scan:
     return Scan.merge(found[s.name] for s in stages if s.name in found)
 
 
-def _submit(pool: Executor, stage: Stage, txn: Transaction, message: Message, deadline: float) -> Future[Any]:
+def _submit(
+    pool: Executor, stage: Stage, txn: Transaction, message: Message, deadline: float, over: threading.Event
+) -> Future[Any]:
     try:
-        return pool.submit(_examine, stage, txn, message, deadline)
+        return pool.submit(_examine, stage, txn, message, deadline, over)
     except RuntimeError:  # the pool is shut down (stopping): the check did not run
         done: Future[Any] = Future()
         done.set_result(Findings(stage.name, log={f"{stage.name}_error": "stopping"}))
         return done
 
 
-def _examine(stage: Stage, txn: Transaction, message: Message, deadline: float) -> Findings | None:
+def _examine(
+    stage: Stage, txn: Transaction, message: Message, deadline: float, over: threading.Event
+) -> Findings | None:
+    if over.is_set():  # its fan-out ended before a worker took it up
+        return None
     try:
         return stage.examine(txn, message, deadline)
     except Exception as exc:  # noqa: BLE001 - a stage bug must not reach the milter
+        if over.is_set() or not txn.open:
+            # Its transaction ended meanwhile (the body released, the session gone): the result
+            # would be dropped anyway, and the failure is the ending, not a bug.
+            log.debug("stage %s: ended with its transaction (%s)", stage.name, type(exc).__name__)
+            return None
         log.exception("stage %s failed at end-of-data", stage.name)
         return Findings(stage.name, log={f"{stage.name}_error": type(exc).__name__})
 

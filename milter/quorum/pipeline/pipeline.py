@@ -122,7 +122,12 @@ class Pipeline:
         effective = txn.policy or self.tenants.global_policy
         rules = self._policies.get(effective.fingerprint)
         if rules is None:
-            rules = Policy(effective.policy, effective.engine_settings(self.config.engines), effective.replies)
+            rules = Policy(
+                effective.policy,
+                effective.engine_settings(self.config.engines),
+                effective.replies,
+                self.config.milter.on_oversize,
+            )
             if len(self._policies) > 10000:
                 self._policies.clear()
             self._policies[effective.fingerprint] = rules

@@ -13,7 +13,7 @@ from quorum.config.model import EngineSettings, PolicySettings, ReplyTexts
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Action, Reply
 from quorum.pipeline.transaction import Scan
-from quorum.verdict import Category, Status, Verdict
+from quorum.verdict import LIMITS_EXCEEDED, Category, Status, Verdict
 
 
 @dataclass
@@ -48,10 +48,12 @@ class Policy:
         policy: PolicySettings,
         engines: Mapping[str, EngineSettings],
         texts: ReplyTexts | None = None,
+        on_oversize: str = "reject",
     ) -> None:
         self.settings = policy
         self.engines = engines
         self.texts = texts or ReplyTexts()
+        self.on_oversize = on_oversize  # [milter] on_oversize: also for a message too large for every AV engine
 
     def judged(self, v: Verdict) -> Verdict:
         """`v` re-judged against the configured `threshold` of its engine, if any."""
@@ -95,10 +97,18 @@ class Policy:
         spam = [v for v in voting if v.category is Category.ANTISPAM]
 
         infected = [v for v in av if v.status is Status.INFECTED]
-        if infected:
-            return self._virus(d, infected)
-        if av and not any(v.status.answered for v in av):
-            failed = [v for v in av if v.status is Status.ERROR or v.detail == "circuit-open"]
+        viruses = [v for v in infected if v.detail != LIMITS_EXCEEDED]
+        if viruses:
+            return self._virus(d, viruses)
+        if infected:  # only limit alerts: content no engine could scan whole, never "clean"
+            return self._unscannable(d, infected)
+        if not av:
+            # Nothing that looks for viruses was asked (engines = [], antivirus disabled or shadow
+            # for this policy): whatever the spam engines say, the message is not "clean".
+            d.label = "unchecked"
+            d.reasons.append("no antivirus engine votes under this policy")
+        elif not any(v.status.answered for v in av):
+            failed = [v for v in av if _failed(v, scan)]
             if failed:
                 d.reasons.append(
                     "no antivirus engine answered: " + ", ".join(f"{v.engine}={v.label()}" for v in failed)
@@ -108,8 +118,13 @@ class Policy:
                 d.label = "unchecked"
             else:
                 d.label = "unchecked"
-                if any(v.status is Status.SKIPPED for v in av):  # not when cancelled: a stage decided first
-                    d.reasons.append("too large for every antivirus engine: passed unscanned")
+                if any(v.detail == "too-large" for v in av) and scan.reply is None:
+                    d.reasons.append("too large for every antivirus engine: not scanned")
+                    if self.on_oversize == "reject":
+                        return self._finish(d, Action.REJECT, "unchecked", replies.TOO_BIG)
+                    if self.on_oversize == "tempfail":
+                        return self._finish(d, Action.TEMPFAIL, "unchecked", replies.TOO_BIG_NOW)
+                    d.reasons.append('passed unscanned (on_oversize = "accept")')
         if scan.reply is not None:
             return self._finish(d, scan.reply.action, d.label, scan.reply)
         return self._spam(d, spam, scan)
@@ -127,6 +142,20 @@ class Policy:
         if action == "discard":
             return self._finish(d, Action.DISCARD, "virus")
         return self._finish(d, Action.TAG, "virus")
+
+    def _unscannable(self, d: Decision, alerts: list[Verdict]) -> Decision:
+        limits = ", ".join(dict.fromkeys(v.extra.get("limit") or (v.names or ("limit",))[0] for v in alerts))
+        engines = ",".join(v.engine for v in alerts)
+        d.reasons.append(f"could not be scanned completely: {engines} limit {limits}")
+        action = self.settings.on_virus  # the same choice as for a virus: the content may hide one
+        if action == "reject":
+            return self._finish(d, Action.REJECT, "unchecked", replies.unscannable(limits))
+        if action == "quarantine":
+            d.quarantine_reason = f"could not be scanned completely ({limits})"
+            return self._finish(d, Action.QUARANTINE, "unchecked")
+        if action == "discard":
+            return self._finish(d, Action.DISCARD, "unchecked")
+        return self._finish(d, Action.TAG, "unchecked")
 
     def _spam(self, d: Decision, spam: list[Verdict], scan: Scan) -> Decision:
         p = self.settings
@@ -222,6 +251,15 @@ class Policy:
     def _finish(d: Decision, action: Action, label: str, reply: Reply | None = None) -> Decision:
         d.action, d.label, d.reply = action, label, reply
         return d
+
+
+def _failed(v: Verdict, scan: Scan) -> bool:
+    """An antivirus scan that should have answered and did not. `cancelled` is a failure too unless
+    a stage's final refusal decided the message without it: a scan that never ran (no free slot,
+    queued past its deadline) must never pass as "unchecked" and be delivered."""
+    if v.status is Status.ERROR or v.detail == "circuit-open":
+        return True
+    return v.status is Status.CANCELLED and not scan.final
 
 
 def _own_choice(v: Verdict) -> bool:

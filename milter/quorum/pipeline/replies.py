@@ -31,6 +31,11 @@ CONTENT_REJECTED = "Message content rejected"
 DISCARD = Reply(Action.DISCARD)
 
 
+def unscannable(limits: str) -> Reply:
+    """An antivirus engine stopped at one of its limits (clamd AlertExceedsMax): not scanned whole."""
+    return Reply.reject("554", "5.7.1", f"message could not be scanned completely ({limits})")
+
+
 def dnsbl_listed(ip: str, zone: str) -> Reply:
     return Reply.reject("554", "5.7.1", f"Service unavailable; client [{ip}] blocked using {zone}")
 

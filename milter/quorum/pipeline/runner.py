@@ -74,7 +74,7 @@ class EngineRunner:
     def _pooled(self, message: Message, call: ScanCall, budget: float) -> Verdict:
         # A worker is free but inline scans may hold the slots: wait for one within the budget.
         if not self._slots.acquire(timeout=max(0.0, call.remaining())):
-            return self.engine.verdict(Status.CANCELLED)  # its fan-out is over: not a trial of the engine
+            return self._unstarted(call)
         try:
             return self.run(message, call, budget)
         finally:
@@ -87,7 +87,7 @@ class EngineRunner:
         if message.truncated:
             return engine.verdict(Status.SKIPPED, detail="too-large")
         if call.cancelled or call.remaining() <= 0:
-            return engine.verdict(Status.CANCELLED)  # its fan-out is over: not a trial of the engine
+            return self._unstarted(call)
         if not self.breaker.allow():
             return engine.verdict(Status.SKIPPED, detail="circuit-open")
         start = time.monotonic()
@@ -116,6 +116,15 @@ class EngineRunner:
             verdict = verdict.with_(status=Status.ERROR, error="timeout", detail=None)
         self._account(verdict)
         return verdict
+
+    def _unstarted(self, call: ScanCall) -> Verdict:
+        """A scan that never started. `cancelled` only when its fan-out was decided without it (an
+        early exit leaves budget on the call); a scan that queued past its deadline never ran, and
+        that is a failure like a timeout (fail-closed policies tempfail), though not the engine's:
+        the breaker is not told."""
+        if call.cancelled and call.remaining() > 0:
+            return self.engine.verdict(Status.CANCELLED)
+        return self.engine.verdict(Status.ERROR, error="queued")
 
     def _reason(self, exc: BaseException, call: ScanCall) -> str:
         if call.cancelled and call.remaining() > 0:

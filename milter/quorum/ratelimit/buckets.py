@@ -3,11 +3,18 @@
 Key schema: `{prefix}{kind}:{unit}{window}:{{subject}}`, e.g. `quorum:rl:sd:m1h:{example.com}`.
 The subject is the Redis Cluster hash tag, so a domain's buckets (sender and recipient, every
 unit and window) share one slot while different domains spread over the cluster.
+
+With `recipient_domain_share`, an unauthenticated client (or sender) also takes from its own
+share of each recipient domain's bucket: `{prefix}rs:{unit}{window}:{{domain}}:ip:{client}`
+(`:from:{sender}`), limit = share x the domain's limit, same window. It carries the domain's
+hash tag, so it lives in the domain's slot and the reservation stays one script call per slot.
+A client over its share is refused (451) while the domain's bucket keeps room for the others.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -16,6 +23,8 @@ from quorum.message import Envelope, domain_of
 from quorum.ratelimit.settings import KINDS, Override, RateLimitSettings, Rule, format_duration
 
 KIND_CODES = {"sender_domain": "sd", "recipient_domain": "rd", "client_ip": "ip", "auth_user": "au"}
+SHARE_CODE = "rs"  # one client's (or sender's) share of a recipient_domain bucket
+_SHARE_BY_CODES = {"client_ip": "ip", "sender": "from"}
 _SAFE = "@.-_+:/[]"
 
 
@@ -28,10 +37,16 @@ class Charge:
     rule: Rule
     key: str
     cost: int
+    share_of: str = ""  # "client_ip 192.0.2.7": this charge is that client's share of kind/subject
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.subject}"
+        base = f"{self.kind} {self.subject}"
+        return f"{base}, share of {self.share_of}" if self.share_of else base
+
+    @property
+    def metric_kind(self) -> str:
+        return f"{self.kind}_share" if self.share_of else self.kind
 
     @property
     def interval(self) -> int:
@@ -88,7 +103,7 @@ class Planner:
         return self.settings.rules(kind, self.override(kind, subject))
 
     def key(self, kind: str, rule: Rule, subject: str) -> str:
-        tag = quote(subject.encode("utf-8", "surrogateescape"), safe=_SAFE)
+        tag = _quoted(subject)
         return f"{self.settings.key_prefix}{KIND_CODES[kind]}:{rule.unit[0]}{format_duration(rule.per)}:{{{tag}}}"
 
     def buckets(self, kind: str, subject: str) -> list[tuple[Rule, str]]:
@@ -116,16 +131,56 @@ class Planner:
         if sender_trusted:
             charges += self._charges("sender_domain", self.subject("sender_domain", envelope.sender_domain), 1, n)
         per_domain = Counter(domain_of(r) for r in recipients)
+        sharer = self.sharer(envelope)
         for domain in sorted(d for d in per_domain if d):
             subject = self.subject("recipient_domain", domain)
-            charges += self._charges("recipient_domain", subject, 1, per_domain[domain])
+            domain_charges = self._charges("recipient_domain", subject, 1, per_domain[domain])
+            charges += domain_charges
+            if sharer is not None:
+                charges += self._shares(domain_charges, *sharer)
         charges += self._charges("client_ip", self.subject("client_ip", envelope.client_ip), 1, n)
         charges += self._charges("auth_user", self.subject("auth_user", envelope.auth_user), 1, n)
         return charges
 
+    # -- one client's share of a recipient domain ------------------------------------------------
+    def sharer(self, envelope: Envelope) -> tuple[str, str] | None:
+        """(by, value) whose share of each recipient domain this message takes, or None: the
+        session authenticated (counted per auth_user instead) or its client network is exempt."""
+        if envelope.auth_user:
+            return None
+        ip = self.subject("client_ip", envelope.client_ip)
+        if ip and (o := self.override("client_ip", ip)) is not None and o.exempt:
+            return None
+        if self.settings.recipient_domain_share_by == "sender":
+            return "sender", _address(envelope.sender).lower() or "<>"
+        return "client_ip", ip or "unknown"
+
+    def _shares(self, domain_charges: list[Charge], by: str, value: str) -> list[Charge]:
+        if not domain_charges:
+            return []
+        first = domain_charges[0]  # all of one recipient domain
+        share = self.settings.share(self.override(first.kind, first.subject))
+        if share >= 1.0:
+            return []
+        out: list[Charge] = []
+        for c in domain_charges:
+            limit = max(1, math.floor(c.rule.limit * share + 1e-9))
+            rule = Rule(c.rule.unit, limit, c.rule.per)
+            key = f"{self.share_key(rule, c.subject)}:{_SHARE_BY_CODES[by]}:{_quoted(value)}"
+            out.append(Charge(c.kind, c.subject, rule, key, min(c.cost, limit), share_of=f"{by} {value}"))
+        return out
+
+    def share_key(self, rule: Rule, domain: str) -> str:
+        """The common prefix of every share key of `domain` for `rule` (the domain's hash tag)."""
+        return f"{self.settings.key_prefix}{SHARE_CODE}:{rule.unit[0]}{format_duration(rule.per)}:{{{_quoted(domain)}}}"
+
     def connection(self, client_ip: str) -> list[Charge]:
         """Charges of one single-recipient message from this client: checked (not reserved) at connect."""
         return self._charges("client_ip", self.subject("client_ip", client_ip), 1, 1)
+
+
+def _quoted(value: str) -> str:
+    return quote(value.encode("utf-8", "surrogateescape"), safe=_SAFE)
 
 
 def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

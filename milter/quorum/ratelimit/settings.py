@@ -7,6 +7,8 @@ two counters), or a list of such tables for several windows. `0` means unlimited
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from quorum.config.fields import Problems, Table
 KINDS = ("sender_domain", "recipient_domain", "client_ip", "auth_user")
 DOMAIN_KINDS = ("sender_domain", "recipient_domain", "auth_user")  # may be overridden per domain
 UNITS = ("messages", "recipients")
+SHARE_BY = ("client_ip", "sender")  # what one unauthenticated share of a recipient domain is counted by
 MIN_WINDOW = 0.05
 MAX_WINDOW = 366 * 86400.0
 _URL_SCHEMES = ("redis", "rediss", "unix")
@@ -46,6 +49,7 @@ class Override:
 
     exempt: bool = False
     kinds: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    share: float | None = None  # recipient_domain_share for this domain; None: the [ratelimit] one
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,38 @@ class RedisSettings:
     cluster_nodes: tuple[tuple[str, int], ...] = ()
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str = ""
-    sentinel_password: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
     timeout: float = 0.25
     connect_timeout: float = 0.25
+    # ACL password (from `password_file`; a password in `url` stays there), TLS files for rediss://
+    password: str | None = field(default=None, repr=False)
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # `hmac_key_file`: authenticates what Quorum must trust when it reads it back (verdict cache)
+    hmac_key: bytes | None = field(default=None, repr=False)
 
     @property
     def mode(self) -> str:
         return "cluster" if self.cluster else "sentinel" if self.sentinels else "single"
+
+    @property
+    def tls(self) -> bool:
+        return self.url.lower().startswith("rediss:")
+
+    def auth_kwargs(self) -> dict[str, str]:
+        """redis-py keyword arguments for the password (from the file) and the TLS files."""
+        out: dict[str, str] = {}
+        if self.password is not None:
+            out["password"] = self.password
+        for kwarg, value in (
+            ("ssl_ca_certs", self.tls_ca_file),
+            ("ssl_certfile", self.tls_cert_file),
+            ("ssl_keyfile", self.tls_key_file),
+        ):
+            if value is not None:
+                out[kwarg] = value
+        return out
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,15 @@ class RateLimitSettings:
     backoff: float = 1.0
     warn_interval: float = 60.0
     max_local_buckets: int = 100_000
+    # The most of a recipient domain's bucket one unauthenticated client (or sender) may use;
+    # 1.0 = no guard: one client can fill the bucket and so refuse the domain's whole inbound mail.
+    recipient_domain_share: float = 1.0
+    recipient_domain_share_by: str = "client_ip"
+
+    def share(self, override: Override | None) -> float:
+        if override is not None and override.share is not None:
+            return override.share
+        return self.recipient_domain_share
 
     def rules(self, kind: str, override: Override | None) -> tuple[Rule, ...]:
         if override is not None:
@@ -121,8 +159,11 @@ def parse_settings(root: Table) -> RateLimitSettings | None:
         backoff=t.duration("backoff", d.backoff, minimum=0.05),
         warn_interval=t.duration("warn_interval", d.warn_interval, minimum=1.0),
         max_local_buckets=t.int("max_local_buckets", d.max_local_buckets, minimum=100),
+        recipient_domain_share=_share(t) or d.recipient_domain_share,
+        recipient_domain_share_by=_share_by(t, d.recipient_domain_share_by),
     )
     t.reject_unknown()
+    _warn_shareless(t, settings)
     if not any(defaults.values()) and not any(o.kinds for o in domains.values()) and not networks:
         t.problems.warn(t.path, "no limits configured: nothing is counted; set e.g. sender_domain or client_ip")
     return settings
@@ -194,7 +235,7 @@ def _domains(t: Table) -> dict[str, Override]:
             )
         if domain in out:
             t.problems.error(dt.path, f"{domain} is configured twice (names are case-insensitive); merge the tables")
-        out[domain] = _override(dt, DOMAIN_KINDS)
+        out[domain] = _override(dt, DOMAIN_KINDS, share=True)
     return out
 
 
@@ -212,11 +253,54 @@ def _networks(t: Table) -> tuple[tuple[IPNetwork, Override], ...]:
     return tuple(out)
 
 
-def _override(t: Table, kinds: tuple[str, ...]) -> Override:
+def _override(t: Table, kinds: tuple[str, ...], share: bool = False) -> Override:
     exempt = t.bool("exempt", False)
     rules = {kind: _rules(t, kind) for kind in kinds if kind in t.data}
+    domain_share = _share(t) if share else None
     t.reject_unknown()
-    return Override(exempt, rules)
+    return Override(exempt, rules, domain_share)
+
+
+def _share(t: Table) -> float | None:
+    """`recipient_domain_share`: a fraction in (0, 1]; 1 = no per-client guard; None when unset."""
+    if "recipient_domain_share" not in t.data:
+        return None
+    value = t.float("recipient_domain_share", 1.0, minimum=0.0, maximum=1.0)
+    if value <= 0.0:
+        t.problems.error(
+            t.key("recipient_domain_share"),
+            "must be above 0 (a fraction of the bucket, e.g. 0.2); 1 turns the guard off",
+        )
+        return 1.0
+    return value
+
+
+def _share_by(t: Table, default: str) -> str:
+    value = t.str("recipient_domain_share_by", default)
+    if value not in SHARE_BY:
+        t.problems.error(
+            t.key("recipient_domain_share_by"),
+            f'{value!r} is not one of {", ".join(repr(v) for v in SHARE_BY)}; use "client_ip" (cannot be forged)',
+        )
+        return default
+    return value
+
+
+def _warn_shareless(t: Table, settings: RateLimitSettings) -> None:
+    """A recipient_domain bucket without a share is a tenant's inbound kill switch."""
+    limited = [
+        name
+        for name, override in [("", None), *settings.domains.items()]
+        if settings.rules("recipient_domain", override) and settings.share(override) >= 1.0
+    ]
+    if limited:
+        where = "recipient_domain" if "" in limited else f"recipient_domain of {', '.join(sorted(limited)[:3])}"
+        t.problems.warn(
+            t.key("recipient_domain_share"),
+            f"{where} limits can be used up by any single sender: one client filling a domain's bucket gets "
+            "all its inbound mail refused (451) for the window; set recipient_domain_share (e.g. 0.2) so "
+            "one unauthenticated client may use at most that fraction",
+        )
 
 
 def _host_port(t: Table, name: str, default_port: int) -> tuple[tuple[str, int], ...]:
@@ -226,7 +310,7 @@ def _host_port(t: Table, name: str, default_port: int) -> tuple[tuple[str, int],
         if not sep:
             host, port = item, str(default_port)
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             t.problems.error(t.key(name), f'{item!r} is not "host:port"; use e.g. "127.0.0.1:{default_port}"')
             continue
         out.append((host, int(port)))
@@ -245,10 +329,14 @@ def shared_redis(root: Table) -> RedisSettings | None:
         return None
     root.table("redis")  # mark it read for root.reject_unknown()
     mine = Problems()
-    settings = _redis(Table(root.data["redis"], "redis", mine))
+    data = root.data["redis"]
+    settings = _redis(Table(data if isinstance(data, Mapping) else {}, "redis", mine))
     for error in mine.errors:
         if error not in root.problems.errors:
             root.problems.errors.append(error)
+    for warning in mine.warnings:
+        if warning not in root.problems.warnings:
+            root.problems.warnings.append(warning)
     return settings
 
 
@@ -263,16 +351,38 @@ def _redis(t: Table) -> RedisSettings:
     else:
         _check_url(t, url)
     timeout = t.duration("timeout", d.timeout, minimum=0.01)
+    url_password = _url_password(url)
+    password = _secret(t, "password_file")
+    if password is not None and url_password:
+        t.problems.error(t.key("password_file"), "the url carries a password too; keep one (remove it from the url)")
+    sentinel_password = t.opt_str("sentinel_password")
+    sentinel_password_file = _secret(t, "sentinel_password_file")
+    if sentinel_password is not None and sentinel_password_file is not None:
+        t.problems.error(t.key("sentinel_password_file"), "sentinel_password is set too; keep one")
+    tls_files = {name: _readable(t, name) for name in ("tls_ca_file", "tls_cert_file", "tls_key_file")}
+    if scheme != "rediss" and any(tls_files.values()):
+        name = next(n for n, v in tls_files.items() if v)
+        t.problems.error(t.key(name), "TLS files need a rediss:// url (TLS); change the url or remove the key")
+    if bool(tls_files["tls_cert_file"]) != bool(tls_files["tls_key_file"]):
+        t.problems.error(t.key("tls_cert_file"), "a client certificate needs both tls_cert_file and tls_key_file")
+    hmac_key = _hmac_key(t)
     settings = RedisSettings(
         url=url,
         cluster=t.bool("cluster", d.cluster),
         cluster_nodes=_host_port(t, "cluster_nodes", 6379),
         sentinels=_host_port(t, "sentinels", 26379),
         service_name=t.str("service_name", d.service_name),
-        sentinel_password=t.opt_str("sentinel_password"),
+        sentinel_password=sentinel_password if sentinel_password is not None else sentinel_password_file,
         timeout=timeout,
         connect_timeout=t.duration("connect_timeout", timeout, minimum=0.01),
+        password=password,
+        tls_ca_file=tls_files["tls_ca_file"],
+        tls_cert_file=tls_files["tls_cert_file"],
+        tls_key_file=tls_files["tls_key_file"],
+        hmac_key=hmac_key,
     )
+    if scheme in _URL_SCHEMES:
+        _warn_unauthenticated(t, settings, bool(url_password))
     if settings.cluster and settings.sentinels:
         t.problems.error(t.key("cluster"), "a Redis Cluster is not used through Sentinel; remove sentinels or cluster")
     if settings.cluster and scheme == "unix":
@@ -285,6 +395,120 @@ def _redis(t: Table) -> RedisSettings:
         t.problems.error(t.key("sentinels"), 'missing; list the sentinels, e.g. ["127.0.0.1:26379"]')
     t.reject_unknown()
     return settings
+
+
+UNAUTHENTICATED = (
+    "Redis without authentication: whoever can connect to it can change what Quorum trusts there "
+    "(tenant records: policy per domain, with scanning; rate-limit counters; verdict-cache entries unless "
+    "hmac_key_file is set). Give Quorum an ACL user and password: "
+    'url = "redis://quorum@HOST:6379/0" and password_file = "/etc/quorum/redis-password", '
+    "and TLS: rediss:// with tls_ca_file (see README, Redis)"
+)
+MIN_HMAC_KEY = 16
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _loopback(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_unauthenticated(t: Table, s: RedisSettings, url_password: bool) -> None:
+    if s.password is None and not url_password:
+        t.problems.warn(t.key("url"), UNAUTHENTICATED)
+        return
+    scheme = urlsplit(s.url).scheme.lower()
+    if scheme == "redis" and not _loopback(s.url):
+        t.problems.warn(
+            t.key("url"),
+            "the Redis password and every entry cross the network in clear text; use rediss:// with tls_ca_file",
+        )
+    if s.sentinels and s.sentinel_password is None:
+        t.problems.warn(
+            t.key("sentinel_password"),
+            "the sentinels take no password: whoever reaches them can name another master; "
+            "set requirepass on the sentinels and sentinel_password_file here",
+        )
+
+
+def _readable(t: Table, name: str) -> str | None:
+    """A file the key names, checked to be readable now (the connection opens later)."""
+    path = t.opt_str(name)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb"):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        t.problems.error(t.key(name), f"cannot read {path!r} ({reason}); fix the path or its permissions")
+        return None
+    return path
+
+
+def _read_secret_file(t: Table, name: str) -> bytes | None:
+    path = t.opt_str(name)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the load
+        try:
+            info = os.fstat(fd)
+            data = os.read(fd, 65536) if stat.S_ISREG(info.st_mode) else b""
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        t.problems.error(t.key(name), f"cannot read {path!r} ({reason}); fix the path or its permissions")
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        t.problems.error(t.key(name), f"{path!r} is not a regular file")
+        return None
+    if info.st_mode & stat.S_IROTH:
+        t.problems.warn(t.key(name), f"{path!r} is readable by every user; chmod o-r (e.g. 0640, group quorum)")
+    return data.rstrip(b"\r\n")
+
+
+def _secret(t: Table, name: str) -> str | None:
+    data = _read_secret_file(t, name)
+    if data is None:
+        return None
+    if not data:
+        t.problems.error(t.key(name), "the file is empty; write the password into it")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        t.problems.error(t.key(name), "the password is not UTF-8 text")
+        return None
+
+
+def _hmac_key(t: Table) -> bytes | None:
+    data = _read_secret_file(t, "hmac_key_file")
+    if data is None:
+        return None
+    if len(data) < MIN_HMAC_KEY:
+        t.problems.error(
+            t.key("hmac_key_file"),
+            f"the key has {len(data)} bytes, at least {MIN_HMAC_KEY} are needed; "
+            "create one with: head -c 32 /dev/urandom | base64 > FILE",
+        )
+        return None
+    return data
 
 
 def _check_url(t: Table, url: str) -> None:

@@ -76,7 +76,7 @@ class RateLimitStage(Stage):
 
     def _refuse(self, env: Envelope, decision: Decision) -> Reply:
         charge = decision.refused
-        metrics.ratelimit_refused(charge.kind if charge else "client_ip")
+        metrics.ratelimit_refused(charge.metric_kind if charge else "client_ip")
         label = printable(charge.label) if charge else "this client"
         retry = max(1, math.ceil(decision.retry_after))
         log.info(

@@ -76,6 +76,9 @@ class Supervisor:
             except ConfigError as exc:
                 log.error("%s: %s", refusal, "; ".join(exc.problems))
                 return False
+            except Exception as exc:  # noqa: BLE001 - a bad file on SIGHUP must never end the supervisor
+                log.error("%s: %s: %s", refusal, type(exc).__name__, exc)
+                return False
             self.stop_timeout = config.milter.stop_timeout  # the worker drains with the new value
         self._valid_at = time.monotonic()
         return True
@@ -84,7 +87,11 @@ class Supervisor:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         if self.pid_file:
-            Path(self.pid_file).write_text(f"{os.getpid()}\n")
+            try:
+                write_pid_file(self.pid_file, os.getpid())
+            except OSError as exc:
+                log.error("cannot write milter.pid_file %s: %s; fix the path or its directory", self.pid_file, exc)
+                return 2
         backoff = 1.0
         first_start = True
         self._first = time.monotonic()
@@ -134,7 +141,7 @@ class Supervisor:
                 time.sleep(0.1)
         finally:
             if self.pid_file:
-                Path(self.pid_file).unlink(missing_ok=True)
+                remove_pid_file(self.pid_file, os.getpid())
 
     def _wait_before_restart(self, seconds: float) -> bool:
         """Sleep out the backoff; False if told to stop meanwhile. A SIGHUP with a valid config
@@ -162,3 +169,41 @@ class Supervisor:
             self.child.kill()
             self.child.wait(5)
             return 1
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write `pid` to `path` without following a symlink planted there: the pid goes into a new file
+    beside it (O_EXCL | O_NOFOLLOW, 0644) that is then renamed over `path`, so whatever `path` was
+    (a symlink to /etc/passwd, a stale file) is replaced, never written through."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{pid}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.unlink(tmp)  # a leftover of a crashed start with the same pid
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, flags, 0o644)
+    try:
+        os.write(fd, f"{pid}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def remove_pid_file(path: str, pid: int) -> None:
+    """Remove the pid file if it still names this process (not one a later `quorum run` wrote)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        held = os.read(fd, 64).strip()
+    finally:
+        os.close(fd)
+    if held == str(pid).encode():
+        Path(path).unlink(missing_ok=True)

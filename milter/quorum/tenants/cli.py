@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quorum.tenants.effective import to_plain
+from quorum.tenants.effective import FILE, REDIS, merge, no_antivirus_warning, to_plain
 from quorum.tenants.names import DomainNameError, normalise_pattern, recipient_domain
 from quorum.tenants.resolver import TenantPolicies
 from quorum.tenants.schema import SchemaContext, parse_fragment, unwrap
@@ -102,6 +102,12 @@ def _set(store: RedisTenantStore, config: Any, domain: str, path: Path) -> int:
         return 2
     store.put(entry.name, unwrap(data, entry.name))
     print(f"stored {entry.name} ({store.key(entry.name)}): {len(entry.values)} key(s)")
+    policies = TenantPolicies(config, store=_Fetched(None), listen=False)
+    hit = policies.matcher.match(entry.name)
+    layers = ([(FILE, hit[1])] if hit is not None else []) + [(REDIS, entry)]
+    gap = no_antivirus_warning(merge(policies.base, layers), config.engines)
+    if gap is not None:
+        print(f'warning: domains."{entry.name}": {gap}', file=sys.stderr)
     return 0
 
 

@@ -258,3 +258,30 @@ def to_plain(value: Any) -> Any:
     if isinstance(pattern, (str, bytes)):
         return {"__pattern__": pattern if isinstance(pattern, str) else pattern.decode("latin-1")}
     return repr(value)
+
+
+def voting_antivirus(effective: EffectivePolicy, configured: Iterable[EngineSettings]) -> list[str]:
+    """The antivirus engines that vote under `effective`; empty means its mail is never checked for
+    viruses (and is labelled `unchecked`, never `clean`: see quorum.pipeline.policy)."""
+    from quorum.engines import adapter_class
+    from quorum.verdict import Category
+
+    names = []
+    for name, s in effective.engine_settings(configured).items():
+        try:
+            category = adapter_class(s.type).category
+        except LookupError:
+            continue  # reported by the engine table's own validation
+        if s.mode == "vote" and category is Category.ANTIVIRUS:
+            names.append(name)
+    return names
+
+
+def no_antivirus_warning(effective: EffectivePolicy, configured: Iterable[EngineSettings]) -> str | None:
+    """check-config's and `quorum domain set`'s warning for a policy without a voting antivirus engine."""
+    if effective.bypass or voting_antivirus(effective, configured):
+        return None
+    return (
+        "no antivirus engine votes under this policy: its mail is delivered as X-Quorum-Verdict: unchecked; "
+        "add an antivirus engine (e.g. clamav) to its engines, enable it or set its mode to vote"
+    )

@@ -151,8 +151,15 @@ def parse_fragment(data: Any, domain: str, ctx: SchemaContext) -> tuple[DomainEn
     if not isinstance(data, Mapping):
         problems.error(path, "expected a table of domain keys (engines, policy, replies, ...)")
         return None, problems
-    _reject_nulls(data, path, problems)
-    entry = parse_domain_table(Table(data, path, problems), name, ctx)
+    try:
+        _reject_nulls(data, path, problems)
+        entry = parse_domain_table(Table(data, path, problems), name, ctx)
+    except RecursionError:
+        problems.error(path, "nested too deeply; a domain record is a table of plain keys")
+        return None, problems
+    except Exception as exc:  # noqa: BLE001 - a record from Redis must never crash the reader
+        problems.error(path, f"cannot be validated ({type(exc).__name__}: {exc}); rewrite it with quorum domain set")
+        return None, problems
     return (None if problems.errors else entry), problems
 
 

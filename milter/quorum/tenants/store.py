@@ -6,6 +6,11 @@ a Sentinel-managed master and a Cluster. The value is the domain's table as JSON
 validated by the same schema as the file when read. The connection comes from the rate limiter's
 `connect` (no retries, short timeouts): a slow Redis costs one short timeout, then the resolver
 backs off and keeps using what it knows.
+
+Trust: a record is policy (engines, thresholds, actions: it can turn scanning off for a domain),
+so write access to Redis is write access to the config. Records are not signed: protect Redis with
+an ACL user and password and TLS (`[redis] password_file`, `rediss://` + `tls_ca_file`);
+check-config warns when `[redis]` has no authentication.
 """
 
 from __future__ import annotations
@@ -92,10 +97,18 @@ def decode(raw: bytes) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise RecordError(f"not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise RecordError("nested too deeply; a domain record is a table of plain keys") from exc
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise RecordError(f"not valid JSON ({str(exc)[:120]})") from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecordError(f"neither a JSON object nor valid TOML ({exc})") from exc
+    except RecursionError as exc:
+        raise RecordError("nested too deeply; a domain record is a table of plain keys") from exc
+    except ValueError as exc:
+        raise RecordError(f"not valid TOML ({str(exc)[:120]})") from exc
 
 
 def _glob_escape(text: str) -> str:

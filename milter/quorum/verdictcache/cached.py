@@ -23,7 +23,7 @@ import hashlib
 
 from quorum.engines.base import Engine, ScanCall
 from quorum.message import BodySpool, Envelope, Message
-from quorum.verdict import Status, Verdict
+from quorum.verdict import LIMITS_EXCEEDED, Status, Verdict
 from quorum.verdictcache.content import content_of
 from quorum.verdictcache.store import VerdictStore
 
@@ -33,6 +33,8 @@ CLEAN = "clean"
 def encode(v: Verdict) -> str | None:
     if v.status is Status.CLEAN:
         return CLEAN
+    if v.status is Status.INFECTED and v.detail == LIMITS_EXCEEDED:
+        return None  # depends on clamd's limits and load (MaxScanTime): ask again next time
     if v.status is Status.INFECTED:
         return "infected:" + (v.names[0] if v.names else "unknown")
     return None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from quorum.config.fields import Table
 from quorum.verdictcache.cached import CachedScan
 from quorum.verdictcache.settings import VerdictCacheSettings, parse_settings
-from quorum.verdictcache.store import VerdictStore
+from quorum.verdictcache.store import VerdictStore, entry_key
+
+log = logging.getLogger("quorum.verdictcache")
 
 
 def parse(root: Table) -> VerdictCacheSettings | None:
@@ -19,9 +22,14 @@ def build(config: Any, settings: VerdictCacheSettings) -> list[Any]:
 
 
 def make_cache(settings: VerdictCacheSettings) -> CachedScan:
+    """Redis only with `[redis] hmac_key_file` (entries are signed); otherwise this process's LRU."""
     factory = None
-    if settings.redis is not None:
+    key = None
+    if settings.redis is not None and settings.redis.hmac_key is None:
+        log.warning("verdict cache: [redis] has no hmac_key_file, so Redis is not used (local cache only)")
+    elif settings.redis is not None:
         redis_settings = settings.redis
+        key = entry_key(redis_settings.hmac_key or b"")
 
         def factory() -> Any:
             from quorum.ratelimit.connect import connect
@@ -29,5 +37,5 @@ def make_cache(settings: VerdictCacheSettings) -> CachedScan:
             backend = connect(redis_settings)
             return getattr(backend, "client", backend)
 
-    store = VerdictStore(factory, settings.ttl, settings.local_entries, settings.key_prefix)
+    store = VerdictStore(factory, settings.ttl, settings.local_entries, settings.key_prefix, key)
     return CachedScan(store, settings.max_parts, settings.max_size)

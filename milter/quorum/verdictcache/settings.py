@@ -1,4 +1,9 @@
-"""`[verdict_cache]`: off by default; uses the shared `[redis]` table when present."""
+"""`[verdict_cache]`: off by default; uses the shared `[redis]` table when present.
+
+Entries in Redis are signed with `[redis] hmac_key_file` (see store.py). Without that key Redis is
+not used at all and check-config says so: an unsigned cache in Redis lets anyone who can write to
+Redis mark malware clean.
+"""
 
 from __future__ import annotations
 
@@ -33,4 +38,12 @@ def parse_settings(root: Table) -> VerdictCacheSettings | None:
         redis=shared_redis(root),
     )
     t.reject_unknown()
+    if enabled and settings.redis is not None and settings.redis.hmac_key is None:
+        t.problems.warn(
+            t.path,
+            "not shared through Redis: [redis] has no hmac_key_file, and unsigned entries would let whoever can "
+            "write to Redis mark malware clean; each process keeps its own cache. To share it, create a key "
+            "(head -c 32 /dev/urandom | base64 > /etc/quorum/redis-hmac.key, mode 0640, group quorum), "
+            "copy it to every gateway and set redis.hmac_key_file",
+        )
     return settings if enabled else None
