@@ -12,8 +12,11 @@ wrote (tests/integration/test_evaluate_corpus.py `build_corpus`/`messages`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import statistics
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -75,9 +78,19 @@ def config_text(
     )
     if mode == "cascade+cache":
         text += '\n[verdict_cache]\nttl = "1h"\n'
-        if redis_url is not None:
-            text += f'\n[redis]\nurl = "{redis_url}"\n'
+        if redis_url is not None:  # a shared cache's entries are signed: without a key Redis is not used
+            text += f'\n[redis]\nurl = "{redis_url}"\nhmac_key_file = "{_hmac_key_file()}"\n'
     return text
+
+
+def _hmac_key_file() -> Path:
+    """One key file for every mode of a run (they share the cache, like gateways of one fleet)."""
+    path = Path(tempfile.gettempdir()) / f"quorum-cascade-hmac-{os.getpid()}.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return path
 
 
 def load_text(text: str, workdir: Path) -> Config:

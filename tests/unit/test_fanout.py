@@ -520,3 +520,46 @@ def test_spool_readers_after_close_fail_cleanly() -> None:
     assert errors == []
     with pytest.raises(OSError):
         spool.reader()
+
+
+class _SlowCheck(Stage):
+    """A check that takes `seconds` and answers `temperror` for DMARC when it had no time left."""
+
+    name = "auth"
+
+    def __init__(self, seconds: float, enforcing: bool = True) -> None:
+        self.seconds = seconds
+        self.enforcing = enforcing
+
+    def enforces(self, txn: Transaction) -> bool:
+        return self.enforcing
+
+    def complete(self, txn: Transaction, findings: Findings) -> bool:
+        return findings.log.get("dmarc") != "temperror"
+
+    def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
+        left = deadline - time.monotonic()
+        time.sleep(min(self.seconds, max(0.0, left - 0.05)))
+        return Findings(self.name, log={"dmarc": "pass" if left > self.seconds else "temperror"})
+
+
+def test_a_check_queued_past_its_fair_share_with_an_incomplete_answer_is_unfinished() -> None:
+    """Two stage workers, four messages: the checks of the last two start with almost no budget
+    left and come back `temperror`: unfinished (the policy then tempfails), never a pass."""
+    with ThreadPoolExecutor(2) as stage_pool, ThreadPoolExecutor(4) as callers:
+
+        def one(_: int) -> Scan:
+            return run(stage_pool, [], seconds=1.0, stages=[_SlowCheck(0.6)])[2]
+
+        scans = list(callers.map(one, range(4)))
+    late = [s for s in scans if s.unfinished]
+    assert len(late) >= 1 and all(s.unfinished == ["auth"] for s in late), [s.log for s in scans]
+    assert all(s.log.get("dmarc") == "pass" for s in scans if not s.unfinished), [s.log for s in scans]
+
+
+def test_a_late_check_that_cannot_refuse_is_not_unfinished() -> None:
+    with ThreadPoolExecutor(1) as stage_pool, ThreadPoolExecutor(3) as callers:
+        scans = list(
+            callers.map(lambda _: run(stage_pool, [], seconds=1.0, stages=[_SlowCheck(0.6, False)])[2], range(3))
+        )
+    assert not any(s.unfinished for s in scans)

@@ -544,3 +544,40 @@ def test_a_limit_alert_is_refused_as_unscannable_and_a_real_virus_still_wins() -
     two = engines("clamav", "clamav2", "rspamd")
     d = decide(policy(two), alert, av("clamav2", Status.INFECTED, "Eicar-Signature"))
     assert d.label == "virus" and "Eicar-Signature" in str(d.reply)
+
+
+def test_an_unfinished_enforcing_check_is_an_engine_failure() -> None:
+    """Issue 17 item 1 (stage checks): a check that could refuse (DMARC enforcement, a rule) and
+    did not finish is not a pass: 451 under a fail-closed policy, "unchecked" otherwise, and
+    nothing to say when a stage's own refusal already decided."""
+    ctx = ScanContext(unfinished=["auth"])
+    d = decide(policy(ALL3), av("clamav"), sp("rspamd", 0.0), ctx=ctx)
+    assert (d.action, d.label, str(d.reply)[:9]) == (Action.TEMPFAIL, "unchecked", "451 4.7.1")
+    d = decide(policy(ALL3, on_engine_failure="accept"), av("clamav"), sp("rspamd", 0.0), ctx=ctx)
+    assert (d.action, d.label) == (Action.ACCEPT, "unchecked")
+    ctx.decide(Reply.reject("554", "5.7.1", "header rule"), "header rule")
+    assert decide(policy(ALL3), av("clamav"), ctx=ctx).reply == Reply.reject("554", "5.7.1", "header rule")
+
+
+def test_too_large_for_one_engine_while_another_failed_takes_the_stricter_choice() -> None:
+    """on_engine_failure = "accept" must not lift on_oversize = "reject" for a message one
+    antivirus engine skipped by size while the other failed."""
+    two = engines("clamav", "clamav2")
+    too_large = failed("clamav", Category.ANTIVIRUS, "too-large")
+    broken = failed("clamav2", Category.ANTIVIRUS)
+    d = decide(policy(two, on_engine_failure="accept"), too_large, broken)
+    assert (d.action, str(d.reply)[:9]) == (Action.REJECT, "552 5.3.4")
+
+
+def test_a_scan_time_limit_alone_is_a_tempfail() -> None:
+    """MaxScanTime depends on load: try again later rather than refuse for good."""
+    alert = Verdict(
+        "clamav",
+        Category.ANTIVIRUS,
+        Status.INFECTED,
+        names=("Heuristics.Limits.Exceeded.MaxScanTime",),
+        detail="limits-exceeded",
+        extra={"limit": "MaxScanTime"},
+    )
+    d = decide(policy(ALL3), alert)
+    assert (d.action, d.label, str(d.reply)[:9]) == (Action.TEMPFAIL, "unchecked", "451 4.7.1")

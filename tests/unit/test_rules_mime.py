@@ -211,3 +211,28 @@ def test_eight_bit_mime_headers_do_not_hide_the_part() -> None:
     raw = multipart(part(headers, b"ZnJlZQ=="))
     text = walk(raw.replace(b"\xc3\xbf", b"\xff"))
     assert text.texts == ("free",) and text.limit_hit is None
+
+
+def test_file_name_headers_are_bounded_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17 item 2 (attacker-sized work): the stdlib's parameter parser is superlinear in a
+    header's length, so a part header of megabytes of `;filename*N=` (or thousands of
+    Content-Disposition fields) is cut before it is parsed; a real name still comes through."""
+    import email
+
+    from quorum.rules import mime
+
+    seen: list[int] = []
+    real = mime._param_values
+
+    def counting(value: str, header: str, param: str) -> list[object]:
+        seen.append(len(value))
+        return real(value, header, param)
+
+    monkeypatch.setattr(mime, "_param_values", counting)
+    hdr = 'attachment; filename="invoice.exe"' + "".join(f'; filename*{i}="a{i}"' for i in range(100_000))
+    many = "".join(f'Content-Disposition: attachment; filename="f{i}.exe"\r\n' for i in range(5000))
+    raw = f"Content-Type: application/octet-stream\r\nContent-Disposition: {hdr}\r\n{many}\r\nx\r\n".encode()
+    names = mime.part_filenames(email.message_from_bytes(raw))
+    assert "invoice.exe" in names
+    assert len(seen) <= 2 * mime.MAX_NAME_HEADERS
+    assert max(seen) <= mime.MAX_NAME_HEADER_CHARS

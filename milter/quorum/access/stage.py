@@ -224,6 +224,9 @@ class DnsblStage(Stage):
             return None
         return replies.dnsbl_listed(txn.envelope.client_ip, listing.zone)
 
+    def enforces(self, txn: Transaction) -> bool:
+        return False  # at end of data a listing is a spam vote (`score`); refusals happen at RCPT
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         if self._skip(txn):
             return None

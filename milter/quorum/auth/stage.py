@@ -70,6 +70,18 @@ class AuthStage(Stage):
             txn.spf = self._spf(env, time.monotonic() + min(20.0, 4 * self.resolver.settings.timeout))
         return None
 
+    def enforces(self, txn: Transaction) -> bool:
+        """Only DMARC enforcement can refuse or hold: an unfinished check without it loses the
+        Authentication-Results header, not a decision."""
+        s = self.settings
+        enforce = txn.policy.dmarc_enforce if txn.policy is not None else s.dmarc_enforce
+        env = txn.envelope
+        return s.dmarc and enforce != "off" and not env.auth_user and not trust_reason(env, s.trusted_networks)
+
+    def complete(self, txn: Transaction, findings: Findings) -> bool:
+        dmarc = findings.auth.dmarc if findings.auth is not None else None
+        return dmarc is None or dmarc.result != "temperror"
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
         found = Findings(self.name)
         try:

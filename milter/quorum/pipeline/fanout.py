@@ -22,7 +22,7 @@ from typing import Any
 from quorum import metrics
 from quorum.engines.base import ScanCall
 from quorum.message import Message
-from quorum.pipeline.runner import EngineRunner
+from quorum.pipeline.runner import FAIR_SHARE, EngineRunner
 from quorum.pipeline.stages import Stage
 from quorum.pipeline.transaction import Findings, Scan, Transaction
 from quorum.verdict import Status, Verdict
@@ -82,9 +82,10 @@ def fan_out(
     pending: set[Future[Any]] = set()
     submit(first)
     over = threading.Event()  # set when this fan-out ends: a check still running is then moot
-    checks: dict[Future[Findings | None], Stage] = {
+    checks: dict[Future[tuple[Findings | None, bool]], Stage] = {
         _submit(stage_pool, stage, txn, message, deadline, over): stage for stage in wanted
     }
+    late: set[str] = set()  # checks that started with less than a fair share of their budget
     pending |= set(checks)
     waiting = bool(later)
     early_exit = False
@@ -106,8 +107,12 @@ def fan_out(
         for fut in finished:
             if fut in calls:
                 done[calls[fut][0].name] = fut.result()
-            elif (findings := fut.result()) is not None:
-                found[checks[fut].name] = findings
+            else:
+                findings, started_late = fut.result()
+                if findings is not None:
+                    found[checks[fut].name] = findings
+                if started_late:
+                    late.add(checks[fut].name)
         if progress and time.monotonic() >= next_progress:
             _safe(progress)
             next_progress = time.monotonic() + progress_interval
@@ -137,6 +142,14 @@ def fan_out(
         for stage in (checks[f] for f in pending if f in checks):
             log.warning("stage %s did not finish before the scan deadline", stage.name)
             scan.log[f"{stage.name}_timeout"] = "yes"
+            if _enforces(stage, txn):
+                scan.unfinished.append(stage.name)
+    for stage in stages:  # queued so long it may have run out of time: only a complete answer counts
+        if stage.name in late and stage.name in found and _enforces(stage, txn):
+            if not _complete(stage, txn, found[stage.name]):
+                log.warning("stage %s started too late to finish its check", stage.name)
+                scan.log[f"{stage.name}_late"] = "yes"
+                scan.unfinished.append(stage.name)
     return FanOut(verdicts, scan)
 
 
@@ -149,28 +162,47 @@ def _submit(
     pool: Executor, stage: Stage, txn: Transaction, message: Message, deadline: float, over: threading.Event
 ) -> Future[Any]:
     try:
-        return pool.submit(_examine, stage, txn, message, deadline, over)
+        return pool.submit(_examine, stage, txn, message, deadline, over, time.monotonic())
     except RuntimeError:  # the pool is shut down (stopping): the check did not run
         done: Future[Any] = Future()
-        done.set_result(Findings(stage.name, log={f"{stage.name}_error": "stopping"}))
+        done.set_result((Findings(stage.name, log={f"{stage.name}_error": "stopping"}), False))
         return done
 
 
 def _examine(
-    stage: Stage, txn: Transaction, message: Message, deadline: float, over: threading.Event
-) -> Findings | None:
+    stage: Stage, txn: Transaction, message: Message, deadline: float, over: threading.Event, submitted: float
+) -> tuple[Findings | None, bool]:
+    """(the check's findings, whether it started late: queued behind other checks until less than
+    a fair share of its budget was left, so a "could not tell" answer may be our own queueing)."""
     if over.is_set():  # its fan-out ended before a worker took it up
-        return None
+        return None, True
+    started_late = deadline - time.monotonic() < FAIR_SHARE * (deadline - submitted)
     try:
-        return stage.examine(txn, message, deadline)
+        return stage.examine(txn, message, deadline), started_late
     except Exception as exc:  # noqa: BLE001 - a stage bug must not reach the milter
         if over.is_set() or not txn.open:
             # Its transaction ended meanwhile (the body released, the session gone): the result
             # would be dropped anyway, and the failure is the ending, not a bug.
             log.debug("stage %s: ended with its transaction (%s)", stage.name, type(exc).__name__)
-            return None
+            return None, started_late
         log.exception("stage %s failed at end-of-data", stage.name)
-        return Findings(stage.name, log={f"{stage.name}_error": type(exc).__name__})
+        return Findings(stage.name, log={f"{stage.name}_error": type(exc).__name__}), started_late
+
+
+def _enforces(stage: Stage, txn: Transaction) -> bool:
+    try:
+        return stage.enforces(txn)
+    except Exception:  # noqa: BLE001 - a stage bug: assume the worst (its check could have refused)
+        log.exception("stage %s: enforces() failed", stage.name)
+        return True
+
+
+def _complete(stage: Stage, txn: Transaction, findings: Findings) -> bool:
+    try:
+        return stage.complete(txn, findings)
+    except Exception:  # noqa: BLE001
+        log.exception("stage %s: complete() failed", stage.name)
+        return False
 
 
 def _count_late(fut: Future[Any]) -> None:

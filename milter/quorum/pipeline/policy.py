@@ -108,6 +108,7 @@ class Policy:
             d.label = "unchecked"
             d.reasons.append("no antivirus engine votes under this policy")
         elif not any(v.status.answered for v in av):
+            d.label = "unchecked"
             failed = [v for v in av if _failed(v, scan)]
             if failed:
                 d.reasons.append(
@@ -115,16 +116,22 @@ class Policy:
                 )
                 if p.on_engine_failure == "tempfail":
                     return self._finish(d, Action.TEMPFAIL, "unchecked", replies.AV_UNAVAILABLE)
-                d.label = "unchecked"
-            else:
-                d.label = "unchecked"
-                if any(v.detail == "too-large" for v in av) and scan.reply is None:
-                    d.reasons.append("too large for every antivirus engine: not scanned")
-                    if self.on_oversize == "reject":
-                        return self._finish(d, Action.REJECT, "unchecked", replies.TOO_BIG)
-                    if self.on_oversize == "tempfail":
-                        return self._finish(d, Action.TEMPFAIL, "unchecked", replies.TOO_BIG_NOW)
-                    d.reasons.append('passed unscanned (on_oversize = "accept")')
+            # Too large for an engine that would otherwise have scanned it: on_oversize, also when
+            # the others failed and failures are accepted (the stricter of the two choices wins).
+            if any(v.detail == "too-large" for v in av) and scan.reply is None:
+                d.reasons.append("too large for the antivirus engines: not scanned")
+                if self.on_oversize == "reject":
+                    return self._finish(d, Action.REJECT, "unchecked", replies.TOO_BIG)
+                if self.on_oversize == "tempfail":
+                    return self._finish(d, Action.TEMPFAIL, "unchecked", replies.TOO_BIG_NOW)
+                d.reasons.append('passed unscanned (on_oversize = "accept")')
+        if scan.unfinished and not scan.final:
+            # A check that could have refused it (DMARC, a content rule) did not finish: like an
+            # engine failure, never a silent pass.
+            d.reasons.append("checks not finished before the deadline: " + ", ".join(scan.unfinished))
+            d.label = "unchecked"
+            if p.on_engine_failure == "tempfail":
+                return self._finish(d, Action.TEMPFAIL, "unchecked", replies.CHECKS_UNAVAILABLE)
         if scan.reply is not None:
             return self._finish(d, scan.reply.action, d.label, scan.reply)
         return self._spam(d, spam, scan)
@@ -145,9 +152,11 @@ class Policy:
 
     def _unscannable(self, d: Decision, alerts: list[Verdict]) -> Decision:
         limits = ", ".join(dict.fromkeys(v.extra.get("limit") or (v.names or ("limit",))[0] for v in alerts))
-        engines = ",".join(v.engine for v in alerts)
-        d.reasons.append(f"could not be scanned completely: {engines} limit {limits}")
+        found = ", ".join(f"{v.engine}: {n}" for v in alerts for n in v.names or ("limit",))
+        d.reasons.append(f"could not be scanned completely ({found})")
         action = self.settings.on_virus  # the same choice as for a virus: the content may hide one
+        if action == "reject" and all(v.extra.get("limit") == "MaxScanTime" for v in alerts):
+            return self._finish(d, Action.TEMPFAIL, "unchecked", replies.unscannable_now(limits))
         if action == "reject":
             return self._finish(d, Action.REJECT, "unchecked", replies.unscannable(limits))
         if action == "quarantine":

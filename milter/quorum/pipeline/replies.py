@@ -17,6 +17,7 @@ INTERNAL_ERROR = Reply.tempfail("451", "4.3.0", "internal error, please try agai
 BODY_NOT_STORED = Reply.tempfail("451", "4.3.0", "message could not be stored for scanning, please try again later")
 SHUTTING_DOWN = Reply.tempfail("421", "4.3.2", "service shutting down, please try again later")
 AV_UNAVAILABLE = Reply.tempfail("451", "4.7.1", "virus scanning temporarily unavailable, please try again later")
+CHECKS_UNAVAILABLE = Reply.tempfail("451", "4.7.1", "message checks temporarily unavailable, please try again later")
 SPAM_UNAVAILABLE = Reply.tempfail("451", "4.7.1", "spam scanning temporarily unavailable, please try again later")
 TOO_BIG = Reply.reject("552", "5.3.4", "message too big for content scanning")
 TOO_BIG_NOW = Reply.tempfail("452", "4.3.4", "message too big for content scanning now")
@@ -34,6 +35,11 @@ DISCARD = Reply(Action.DISCARD)
 def unscannable(limits: str) -> Reply:
     """An antivirus engine stopped at one of its limits (clamd AlertExceedsMax): not scanned whole."""
     return Reply.reject("554", "5.7.1", f"message could not be scanned completely ({limits})")
+
+
+def unscannable_now(limits: str) -> Reply:
+    """Only a time limit was hit (clamd MaxScanTime): that depends on load, so try again later."""
+    return Reply.tempfail("451", "4.7.1", f"message could not be scanned completely now ({limits}), try again later")
 
 
 def dnsbl_listed(ip: str, zone: str) -> Reply:

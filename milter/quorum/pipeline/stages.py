@@ -102,6 +102,19 @@ class Stage:
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         return None
 
+    def enforces(self, txn: Transaction) -> bool:
+        """Whether `examine` could refuse or hold this transaction's message (DMARC enforcement, a
+        content rule). A check that could and did not finish before the deadline leaves the message
+        not checked whole: the policy treats that like an engine failure. False for checks that
+        only add votes or facts."""
+        return True
+
+    def complete(self, txn: Transaction, findings: Findings) -> bool:
+        """Whether `findings` is a full answer. Asked only of a check that started late (queued
+        behind others until less than half its budget was left): an answer such as DMARC
+        `temperror` may then be the queueing's doing, and counts as not finished."""
+        return True
+
     def finished(self, txn: Transaction, outcome: Outcome) -> None:
         """End of a transaction that reached end-of-data, after its answer was settled."""
         return None

@@ -148,7 +148,11 @@ class Findings:
 @dataclass
 class Scan(Findings):
     """Everything the stages found about one message, merged in stage order (read by the policy
-    and the output): the first stage's reply wins, its reason joins the others."""
+    and the output): the first stage's reply wins, its reason joins the others. `unfinished`: the
+    stages whose check could refuse the message and did not finish before the deadline (set by
+    the fan-out): the message was not checked whole."""
+
+    unfinished: list[str] = field(default_factory=list)
 
     @classmethod
     def merge(cls, findings: Iterable[Findings]) -> Scan:

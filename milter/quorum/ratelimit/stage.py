@@ -56,6 +56,9 @@ class RateLimitStage(Stage):
     def wants(self, txn: Transaction) -> bool:
         return txn.reservation is not None and txn.reservation.source == "local"
 
+    def enforces(self, txn: Transaction) -> bool:
+        return False  # its check only notes that the count was local
+
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
         if txn.reservation is not None and txn.reservation.source == "local":
             return Findings(self.name, log={"ratelimit": "local"})  # counted in-process: Redis was unavailable

@@ -80,14 +80,14 @@ def judge(
 def score(config: Config, judged: Sequence[Judged]) -> dict[str, Any]:
     engines = {s.name: s for s in config.engines}
     enabled = list(config.enabled_engines)
-    policy = Policy(config.policy, engines, config.replies)
+    policy = Policy(config.policy, engines, config.replies, config.milter.on_oversize)
     rejudged = [{name: policy.judged(v) for name, v in j.verdicts.items()} for j in judged]
     systems: list[dict[str, Any]] = []
     for s in enabled:
         predictions = [_engine_prediction(verdicts.get(s.name)) for verdicts in rejudged]
         systems.append(_system(s.name, "engine", judged, predictions))
     for mode, settings in combine_modes(config, enabled):
-        mode_policy = Policy(settings, engines, config.replies)
+        mode_policy = Policy(settings, engines, config.replies, config.milter.on_oversize)
         predictions = [_mode_prediction(mode_policy, enabled, verdicts) for verdicts in rejudged]
         systems.append(_system(mode, "combine", judged, predictions))
     counts = {label: sum(1 for j in judged if j.sample.truth == label) for label in ("ham", "spam", "virus")}

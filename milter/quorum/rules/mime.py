@@ -225,15 +225,21 @@ def _as_bytes(payload: str) -> bytes:
     return payload.encode("utf-8", "replace")
 
 
+MAX_NAME_HEADERS = 16  # Content-Disposition / Content-Type fields read per part for file names
+MAX_NAME_HEADER_CHARS = 65536  # of each: far past any real name (RFC 2231 continuations included)
+
+
 def part_filenames(part: email.message.Message) -> list[str]:
     """File names from every Content-Disposition `filename` and Content-Type `name` parameter of a
     part (RFC 2231 encoded and continued names, and RFC 2047 encoded names, decoded)."""
     names: list[str] = []
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
         # raw_items(): get_all() would hand 8-bit values over as Header objects that lose the bytes
-        values = [str(v) for k, v in part.raw_items() if k.lower() == header]
+        values = [str(v) for k, v in part.raw_items() if k.lower() == header][:MAX_NAME_HEADERS]
         for value in values:
-            value = _latin1_bytes(value).decode("latin-1").replace("\r", "").replace("\n", "")
+            # The stdlib's parameter parser is superlinear in a header's length: bounded here, so a
+            # part header of megabytes of `;filename*N=` costs milliseconds, not minutes.
+            value = _latin1_bytes(value[:MAX_NAME_HEADER_CHARS]).decode("latin-1").replace("\r", "").replace("\n", "")
             for raw in _param_values(value, header, param):
                 name = _param_text(raw)
                 if name:
