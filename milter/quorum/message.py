@@ -7,8 +7,10 @@ import io
 import ipaddress
 import os
 import re
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -158,6 +160,30 @@ SPOOL_PREFIX = "quorum-body-"  # name of the short-lived fallback file (and of o
 _NO_TMPFILE = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
 )  # the kernel or file system cannot make an unnamed file: make a named one and unlink it
+
+
+def sweep_stale_spools(directory: str | None = None, older_than: float = 3600.0) -> int:
+    """Remove `quorum-body-*` files of this user older than `older_than` seconds from the spool
+    directory: left by releases that spooled bodies to named files, or by a kill in the instant
+    between mkstemp and unlink of the fallback. Returns how many were removed; never raises."""
+    where = directory or tempfile.gettempdir()
+    removed = 0
+    cutoff = time.time() - older_than
+    try:
+        entries = list(os.scandir(where))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(SPOOL_PREFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def anonymous_file(directory: str | None = None) -> int:

@@ -243,3 +243,25 @@ def test_from_bytes_spools_to_disk_past_the_memory_limit(limit: int) -> None:
         assert msg.raw() == raw
     finally:
         msg.close()
+
+
+def test_stale_named_spool_files_are_swept_fresh_and_foreign_ones_kept(tmp_path: Path) -> None:
+    """Bodies of older releases (named `quorum-body-*` files) left by a killed worker are removed
+    at worker start; a fresh one (a fallback file in its instant between mkstemp and unlink) and
+    files of other names are kept."""
+    import os
+    import time
+
+    from quorum.message import SPOOL_PREFIX, sweep_stale_spools
+
+    old = tmp_path / f"{SPOOL_PREFIX}abc"
+    old.write_bytes(b"body")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / f"{SPOOL_PREFIX}def"
+    fresh.write_bytes(b"body")
+    other = tmp_path / "other-file"
+    other.write_bytes(b"x")
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    assert sweep_stale_spools(str(tmp_path)) == 1
+    assert not old.exists() and fresh.exists() and other.exists()
+    assert sweep_stale_spools(str(tmp_path / "missing")) == 0

@@ -207,6 +207,7 @@ def main_worker(config_path: str | None) -> int:
     from quorum.config import ConfigError
     from quorum.config.loader import DEFAULT_CONFIG
     from quorum.logs import setup_logging
+    from quorum.message import sweep_stale_spools
 
     try:
         config = load_config(config_path or DEFAULT_CONFIG)
@@ -222,6 +223,9 @@ def main_worker(config_path: str | None) -> int:
         return 2
     for w in config.warnings:
         log.warning("config: %s", w)
+    swept = sweep_stale_spools(config.milter.tmpdir)
+    if swept:
+        log.info("removed %d stale message body file(s) from the spool directory", swept)
     app = App(config)
     return serve(app, sys.stdin.buffer)
 
