@@ -51,7 +51,10 @@ RUN apt-get update \
 
 COPY --from=build /opt/quorum /opt/quorum
 COPY compose/quorum.toml /etc/quorum/quorum.toml
-RUN useradd --system --user-group --home-dir /var/lib/quorum --create-home --shell /usr/sbin/nologin quorum \
+# gid 6380: the group of the Redis secrets (password, HMAC key) the redis container makes, 0640
+# (engines/redis/entrypoint.sh); as the primary group it holds without relying on group_add.
+RUN groupadd --system --gid 6380 quorum \
+ && useradd --system --gid 6380 --home-dir /var/lib/quorum --create-home --shell /usr/sbin/nologin quorum \
  && ln -s /opt/quorum/bin/quorum /usr/local/bin/quorum
 ENV PATH=/opt/quorum/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1

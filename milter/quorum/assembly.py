@@ -17,7 +17,7 @@ from quorum.config.loader import DEFAULT_CONFIG, parse_core, read_toml
 from quorum.config.model import Config
 from quorum.engines import adapter_class, build_engine
 from quorum.engines.settings import parse_engines
-from quorum.features import FEATURES
+from quorum.features import all_features
 from quorum.verdict import Category
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _parse_config(data: Mapping[str, Any], path: str | None) -> Config:
     milter, policy, replies = parse_core(root)
     engines = parse_engines(root.table("engines"), problems)
     features: dict[str, Any] = {}
-    for f in FEATURES:
+    for f in all_features():
         try:
             features[f.name] = f.parse(root)
         except Exception as exc:  # noqa: BLE001 - a validator's bug is a reported error, never a crash
@@ -74,8 +74,8 @@ def build_runners(config: Config, cache: CachedScan | None = None) -> list[Engin
 
 
 def build_stages(config: Config) -> list[Stage]:
-    """Every feature's stages, in FEATURES order (the order their hooks run in)."""
-    return [stage for feature in FEATURES for stage in feature.build(config)]
+    """Every feature's stages, in registration order (the order their hooks run in)."""
+    return [stage for feature in all_features() for stage in feature.build(config)]
 
 
 def _cross_checks(config: Config, problems: Problems) -> None:

@@ -3,13 +3,22 @@
 Each feature parses its own config tables from the root table and builds its SMTP stage.
 Order matters: stages run in registration order (the auth feature builds access, DNSBL, then
 SPF/DKIM/DMARC; rate limits come after, so an SPF result computed at MAIL FROM is visible to them).
+
+An installed package adds a feature by declaring an entry point in the group `quorum.features`
+whose value is its module (`hello = "quorum_hello.feature"`, examples/feature-hello): the module
+provides `parse(root) -> settings | None` and `build(config, settings) -> [Stage]`, like the
+built-in ones. Installed features run after the built-in ones and before `records` (which records
+what every stage before it did); a name that is already taken is ignored with a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,3 +53,29 @@ FEATURES: tuple[Feature, ...] = (
     Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
     Feature("records", "quorum.records.feature"),  # last: it records what the stages before it did
 )
+
+ENTRY_POINTS = "quorum.features"
+log = logging.getLogger("quorum.features")
+
+
+@functools.cache
+def installed_features() -> tuple[Feature, ...]:
+    """Features installed packages declare (entry point group `quorum.features`), read once."""
+    taken = {f.name for f in FEATURES}
+    found: list[Feature] = []
+    try:
+        for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
+            if ep.name in taken:
+                log.warning("feature %r from %s ignored: the name is taken", ep.name, ep.value)
+                continue
+            taken.add(ep.name)
+            found.append(Feature(ep.name, ep.value.partition(":")[0]))
+    except Exception:  # noqa: BLE001 - broken package metadata must not stop Quorum
+        log.exception("cannot read the %s entry points", ENTRY_POINTS)
+    return tuple(found)
+
+
+def all_features() -> tuple[Feature, ...]:
+    """Built-in features, then installed ones, `records` last."""
+    *head, last = FEATURES
+    return (*head, *installed_features(), last)

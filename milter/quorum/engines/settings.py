@@ -7,7 +7,7 @@ import re
 from quorum.config import model
 from quorum.config.fields import Problems, Table, shown
 from quorum.config.model import EngineSettings
-from quorum.engines import ENGINE_TYPES, adapter_class
+from quorum.engines import adapter_class, engine_types
 
 _ENGINE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # `package.module:Class`: identifiers only, absolute (a relative or empty module name cannot load).
@@ -16,22 +16,23 @@ _ADAPTER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASC
 
 def parse_engines(t: Table, problems: Problems) -> tuple[EngineSettings, ...]:
     engines: list[EngineSettings] = []
+    types = engine_types()
     for name in t.data:
         et = t.table(name)
         if not _ENGINE_NAME.match(name):
             problems.error(et.path, "engine names may hold letters, digits, '-' and '_' only; rename the table")
         type_name = et.str("type", "")
         if not type_name and "type" not in et.data:
-            problems.error(et.key("type"), f"missing; set type to one of {' | '.join(ENGINE_TYPES)}")
+            problems.error(et.key("type"), f"missing; set type to one of {' | '.join(types)}")
             continue
         if not type_name:
             if isinstance(et.data.get("type"), str):  # type = "": not a type (a wrong type was reported)
-                problems.error(et.key("type"), f"empty; set type to one of {' | '.join(ENGINE_TYPES)}")
+                problems.error(et.key("type"), f"empty; set type to one of {' | '.join(types)}")
             continue
-        if type_name not in ENGINE_TYPES and not _ADAPTER_PATH.fullmatch(type_name):
+        if type_name not in types and not _ADAPTER_PATH.fullmatch(type_name):
             problems.error(
                 et.key("type"),
-                f"unknown engine type {shown(type_name)}; use one of {' | '.join(ENGINE_TYPES)} "
+                f"unknown engine type {shown(type_name)}; use one of {' | '.join(types)} "
                 "or a dotted path 'package.module:Class' to a third-party adapter",
             )
             continue

@@ -18,7 +18,7 @@ from quorum import metrics
 from quorum.assembly import build_runners, build_stages
 from quorum.config.model import Config
 from quorum.message import Message, printable
-from quorum.pipeline import output, replies
+from quorum.pipeline import amend, output, replies
 from quorum.pipeline.fanout import fan_out
 from quorum.pipeline.output import Edits
 from quorum.pipeline.policy import Decision, Policy
@@ -54,6 +54,7 @@ class Pipeline:
         self.runners = build_runners(config, self.cache)
         self.stages: list[Stage] = build_stages(config)
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
+        self.amenders = [s for s in self.stages if type(s).amend is not Stage.amend]  # post-decision hook
         self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
         self.tenants = TenantPolicies(config)
         self._policies: dict[str, Policy] = {}
@@ -179,7 +180,11 @@ class Pipeline:
             found.scan.log.setdefault("spf", txn.spf.result)
         if effective.domain:
             found.scan.log["tenant"] = effective.domain
-        return Result(decision, found.scan, output.plan(decision, found.scan, message, self.removals, txn))
+        edits = output.plan(decision, found.scan, message, self.removals, txn)
+        notes: list[str] = []
+        if self.amenders and edits.delivers:
+            edits, notes = amend.run(self.amenders, txn, message, edits)
+        return Result(decision, found.scan, edits, notes=notes)
 
     def _oversize(self, message: Message) -> Decision | None:
         m = self.config.milter

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from quorum.message import Message
+    from quorum.pipeline.amend import Amendment, FinalMessage
     from quorum.pipeline.policy import Decision
     from quorum.pipeline.transaction import Connection, Findings, Scan, Transaction
 
@@ -114,6 +115,12 @@ class Stage:
         behind others until less than half its budget was left): an answer such as DMARC
         `temperror` may then be the queueing's doing, and counts as not finished."""
         return True
+
+    def amend(self, txn: Transaction, final: FinalMessage) -> Amendment | None:
+        """The post-decision edit hook (see quorum.pipeline.amend): add header fields to the
+        message that will leave, seeing it as it will leave, or refuse it. Runs in the milter
+        thread after the decision, only for mail Quorum delivers."""
+        return None
 
     def finished(self, txn: Transaction, outcome: Outcome) -> None:
         """End of a transaction that reached end-of-data, after its answer was settled."""

@@ -1,0 +1,1 @@
+"""An example Quorum feature, installed from outside the tree (see feature.py)."""
