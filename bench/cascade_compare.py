@@ -45,7 +45,7 @@ from tests.harness.cascade_corpus import (  # noqa: E402
 )
 from tests.harness.dns import ENGINE_ZONES, DnsServer  # noqa: E402
 from tests.harness.labelled_corpus import build_corpus, messages  # noqa: E402
-from tests.harness.redis_server import RedisServer  # noqa: E402
+from tests.harness.redis_server import RedisAuth, RedisServer  # noqa: E402
 from tests.harness.rspamd import Rspamd  # noqa: E402
 from tests.harness.spamd import Spamd  # noqa: E402
 
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         clamd = stack.enter_context(clamd_for_testfiles(work / "clamd"))
         rspamd = stack.enter_context(Rspamd(work / "rspamd", dns.port))
         spamd = stack.enter_context(Spamd(work / "spamd"))
-        redis = stack.enter_context(RedisServer(work / "redis")) if args.redis else None
+        redis = stack.enter_context(RedisServer(work / "redis", auth=RedisAuth())) if args.redis else None
         redis_url = redis.url if redis is not None else None
 
         def cold() -> None:

@@ -51,7 +51,7 @@ from tests.harness.dns import DnsServer, zone_text  # noqa: E402
 from tests.harness.peers import ClamavMilter, RspamdWithProxy, SpamassMilter, installed, milter_entry  # noqa: E402
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.quorum import QUORUM, QuorumProcess, engine_table  # noqa: E402
-from tests.harness.redis_server import RedisServer  # noqa: E402
+from tests.harness.redis_server import RedisAuth, RedisServer  # noqa: E402
 from tests.harness.sink import Sink  # noqa: E402
 from tests.harness.smtp_client import Session  # noqa: E402
 from tests.harness.spamd import Spamd  # noqa: E402
@@ -168,7 +168,7 @@ class Stack:
 
     @cached_property
     def redis(self) -> RedisServer:
-        return self._enter(RedisServer(self.work / "redis"))  # type: ignore[no-any-return]
+        return self._enter(RedisServer(self.work / "redis", auth=RedisAuth()))  # type: ignore[no-any-return]
 
     @cached_property
     def clamav_milter(self) -> ClamavMilter:

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
 import redis  # noqa: E402
-from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer  # noqa: E402
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisSentinel, RedisServer  # noqa: E402
 
 from quorum.assembly import parse_config  # noqa: E402
 from quorum.message import Envelope  # noqa: E402
@@ -160,18 +160,24 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quorum-rl-bench-"))
     print(f"work dir {work}")
-    with RedisServer(work / "single") as server:
+    auth = RedisAuth()  # every Redis here requires an ACL user and password, as a deployment should
+    with RedisServer(work / "single", auth=auth) as server:
         masters = [server.client()]
         print(f"Redis {masters[0].info('server')['redis_version']}, redis-py {redis.__version__}")
         bench_throughput("single Redis", {"url": server.url}, masters, args)
         bench_memory({"url": server.url}, masters, args.keys)
     if args.cluster:
-        with RedisCluster(work / "cluster") as cl:
+        with RedisCluster(work / "cluster", auth=auth) as cl:
             table = {"url": cl.urls[0], "cluster": True}
             bench_throughput("Redis Cluster", table, [n.client() for n in cl.nodes], args)
     if args.sentinel:
-        with RedisSentinel(work / "sentinel") as sn:
-            table = {"sentinels": [f"{h}:{p}" for h, p in sn.sentinels], "service_name": sn.service_name}
+        with RedisSentinel(work / "sentinel", auth=auth) as sn:
+            table = {
+                "url": sn.master.url,  # the master's user and password; its address comes from the sentinels
+                "sentinels": [f"{h}:{p}" for h, p in sn.sentinels],
+                "service_name": sn.service_name,
+                "sentinel_password": auth.password,
+            }
             bench_throughput(
                 "Sentinel (ping/publish/replconf: the sentinels' and replica's own traffic)",
                 table,

@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
-from tests.harness.redis_server import RedisCluster, RedisServer  # noqa: E402
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer  # noqa: E402
 
 from quorum.assembly import parse_config  # noqa: E402
 from quorum.records.feature import client_factory  # noqa: E402
@@ -85,7 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.records
     with tempfile.TemporaryDirectory() as tmp:
-        with RedisServer(Path(tmp) / "single") as server:
+        auth = RedisAuth()  # an ACL user and password, as a deployment should have
+        with RedisServer(Path(tmp) / "single", auth=auth) as server:
             table = {"url": server.url}
             milter_cost(parse_config({"redis": table, "records": {}}).feature("records"), n)
 
@@ -94,7 +95,7 @@ def main() -> None:
                     return int(c.info("memory")["used_memory"])
 
             throughput("single Redis", table, n, used)
-        with RedisCluster(Path(tmp) / "cluster") as cluster:
+        with RedisCluster(Path(tmp) / "cluster", auth=auth) as cluster:
             throughput("Redis Cluster (hourly keys)", {"url": cluster.urls[0], "cluster": True}, n)
 
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
 import redis  # noqa: E402
-from tests.harness.redis_server import RedisCluster, RedisServer  # noqa: E402
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer  # noqa: E402
 
 from quorum.assembly import parse_config  # noqa: E402
 from quorum.tenants import TenantPolicies, TenantSettings  # noqa: E402
@@ -160,12 +160,13 @@ def main() -> int:
     parser.add_argument("--cluster", action="store_true", help="also on a 3-master Redis Cluster")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quorum-tenants-bench-"))
-    with RedisServer(work / "single") as server:
+    auth = RedisAuth()  # an ACL user and password, as a deployment should have
+    with RedisServer(work / "single", auth=auth) as server:
         run("single", {"url": server.url}, [server.client()], None, args)
     if args.cluster:
-        with RedisCluster(work / "cluster") as cl:
-            nodes = [f"127.0.0.1:{p}" for _, p in cl.startup_nodes]
-            client = redis.RedisCluster(host="127.0.0.1", port=cl.nodes[0].port)
+        with RedisCluster(work / "cluster", auth=auth) as cl:
+            nodes = cl.node_list
+            client = cl.client()
             table = {"url": cl.urls[0], "cluster": True, "cluster_nodes": nodes}
             run("cluster (3 masters)", table, [n.client() for n in cl.nodes], client, args)
             client.close()

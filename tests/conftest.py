@@ -14,7 +14,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.dns import ENGINE_ZONES, DnsServer
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess
-from tests.harness.redis_server import RedisCluster, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Sink
 from tests.harness.spamd import Spamd
@@ -61,15 +61,19 @@ def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
 
 @pytest.fixture(scope="module")
 def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A single Redis for one test module (the Redis-backed features test single and Cluster alike)."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+    """A single Redis for one test module (the Redis-backed features test single and Cluster alike).
+
+    It requires an ACL user and password (the `default` user is off, so a client without them gets
+    NOAUTH): use `server.url` (it carries them), `server.client()` or `server.cli_args()`."""
+    with RedisServer(tmp_path_factory.mktemp("redis"), auth=RedisAuth()) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """A 3-master Redis Cluster for one test module."""
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cl:
+    """A 3-master Redis Cluster for one test module, with an ACL user and password like `redis_single`
+    (`cl.urls`, `node.client()`, `cl.client_kwargs()` for a cluster client)."""
+    with RedisCluster(tmp_path_factory.mktemp("cluster"), auth=RedisAuth()) as cl:
         yield cl
 
 

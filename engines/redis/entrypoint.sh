@@ -15,6 +15,7 @@
 # To use your own, put them there before the first start (or mount them).
 #
 #   quorum-redis --health    PING over the same user, password and TLS (compose healthcheck)
+#   quorum-redis --cli ARGS  redis-cli over the same user, password and TLS (operators, tests)
 set -euo pipefail
 
 PORT=${REDIS_PORT:-6379}
@@ -38,6 +39,11 @@ cli() {
 
 if [ "${1:-}" = "--health" ]; then
     [ "$(cli ping 2>/dev/null)" = PONG ]
+    exit
+fi
+if [ "${1:-}" = "--cli" ]; then
+    shift
+    cli "$@"
     exit
 fi
 

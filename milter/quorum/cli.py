@@ -70,14 +70,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli_extensions() -> list[Any]:
-    import importlib
+    """Every feature's subcommand module (features.Feature.cli), built-in and installed."""
+    from quorum.features import all_features
 
     modules = []
-    for name in ("quorum.ratelimit.cli", "quorum.quarantine.cli", "quorum.tenants.cli", "quorum.records.cli"):
+    for feature in all_features():
         try:
-            modules.append(importlib.import_module(name))
+            module = feature.commands()
         except ImportError:
+            logging.getLogger("quorum.cli").exception("the commands of feature %s cannot be loaded", feature.name)
             continue
+        if module is not None:
+            modules.append(module)
     return modules
 
 

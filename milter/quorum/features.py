@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 class Feature:
     name: str
     module: str  # provides parse(root: Table) -> settings and build(config, settings) -> list[Stage]
+    # The module of its `quorum` subcommands: add_cli(sub, with_config), handles(command) and
+    # run_cli(args, config) (quorum.records.cli). An installed feature's own module may provide them.
+    cli: str = ""
 
     def _load(self, attr: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), attr)  # type: ignore[no-any-return]
@@ -41,17 +44,25 @@ class Feature:
         settings = config.feature(self.name)
         return list(self._load("build")(config, settings)) if settings is not None else []
 
+    def commands(self) -> Any:
+        """The module holding this feature's subcommands, or None."""
+        if self.cli:
+            return importlib.import_module(self.cli)
+        module = importlib.import_module(self.module)
+        return module if hasattr(module, "add_cli") else None
+
 
 FEATURES: tuple[Feature, ...] = (
     Feature("auth", "quorum.auth.feature"),
-    Feature("ratelimit", "quorum.ratelimit.feature"),
-    Feature("quarantine", "quorum.quarantine.feature"),
-    Feature("tenants", "quorum.tenants.feature"),
+    Feature("ratelimit", "quorum.ratelimit.feature", cli="quorum.ratelimit.cli"),
+    Feature("quarantine", "quorum.quarantine.feature", cli="quorum.quarantine.cli"),
+    Feature("tenants", "quorum.tenants.feature", cli="quorum.tenants.cli"),
     Feature("backscatter", "quorum.backscatter.feature"),
     Feature("verdict_cache", "quorum.verdictcache.feature"),
     Feature("notify", "quorum.notify.feature"),  # after ratelimit: [redis] problems are reported once
     Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
-    Feature("records", "quorum.records.feature"),  # last: it records what the stages before it did
+    # last: it records what the stages before it did
+    Feature("records", "quorum.records.feature", cli="quorum.records.cli"),
 )
 
 ENTRY_POINTS = "quorum.features"

@@ -56,6 +56,11 @@ RECORDS_WRITTEN = Counter("quorum_records_written_total", "Session records writt
 RECORDS_DROPPED = Counter(
     "quorum_records_dropped_total", "Session records dropped (queue_full, redis_down, closed)", ["reason"]
 )
+REDIS_FAILURES = Counter(
+    "quorum_redis_failures_total",
+    "Redis calls that failed (error, timeout, refused), by the feature that made them; the feature backs off",
+    ["feature"],
+)
 TENANT_MESSAGES = Counter(
     "quorum_tenant_messages_total",
     'Messages by tenant domain (a bounded set; the rest count as "_other") and action',

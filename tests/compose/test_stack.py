@@ -165,7 +165,8 @@ def test_clean_message_is_delivered_with_verdict_header(smtp_port: int, sink: Si
 
 def redis_script_calls(stack: Any) -> int:
     """EVAL/EVALSHA calls Redis has served: Quorum's rate limiter runs one script per message."""
-    res = stack.exec_in("redis", "redis-cli", "INFO", "commandstats")
+    # Redis speaks only TLS and knows only Quorum's ACL user: quorum-redis --cli logs in as it.
+    res = stack.exec_in("redis", "quorum-redis", "--cli", "INFO", "commandstats")
     assert res.returncode == 0, res.stderr
     calls = re.findall(r"^cmdstat_(?:eval|evalsha|eval_ro|evalsha_ro):calls=(\d+)", res.stdout, re.M)
     return sum(int(c) for c in calls)

@@ -24,7 +24,7 @@ from tests.harness.dns import DnsServer, zone_text
 from tests.harness.fault_load import DOMAIN, DeliveryIndex, Load, Row, account, recovery, wait_until
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QUORUM, QuorumProcess, engine_table
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Sink
 from tests.harness.spamd import Spamd
@@ -104,7 +104,7 @@ class FaultStack:
         self.dns = DnsServer(self.workdir / "nsd", zones())
         self.clamd = Clamd(self.workdir / "clamd")
         self.spamd = Spamd(self.workdir / "spamd")
-        self.redis = RedisServer(self.workdir / "redis")
+        self.redis = RedisServer(self.workdir / "redis", auth=RedisAuth())  # ACL user + password
         self.sink = Sink(self.workdir / "sink")
         self.rspamd: Rspamd
         self.quorum: QuorumProcess

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as ClusterClient
 
 from .dns import stop_service
 from .ports import free_port, wait_for_port_closed
@@ -197,8 +199,10 @@ class RedisServer:
             out.update(username=self.auth.username, password=self.auth.password)
         return out
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **self.client_kwargs())
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client that authenticates (and speaks TLS) as this server requires; `kwargs` add to it."""
+        options: dict[str, Any] = {"socket_timeout": 5, **self.client_kwargs(), **kwargs}
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
 
     def cli_args(self) -> list[str]:
         """`redis-cli` arguments reaching this server (address, user, password, TLS)."""
@@ -289,6 +293,24 @@ class RedisCluster:
     @property
     def urls(self) -> list[str]:
         return [f"{'rediss' if self.tls else 'redis'}://{_userinfo(self.auth)}127.0.0.1:{n.port}" for n in self.nodes]
+
+    @property
+    def node_list(self) -> list[str]:
+        """`[redis] cluster_nodes` for this cluster (`127.0.0.1:PORT` each)."""
+        return [f"127.0.0.1:{n.port}" for n in self.nodes]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Credentials (and TLS) for a client of any node; every node has the same ones."""
+        return self.nodes[0].client_kwargs()
+
+    def client(self, **kwargs: Any) -> ClusterClient:
+        """A Cluster client (slot-aware) that authenticates like `RedisServer.client()`."""
+        options: dict[str, Any] = {"socket_timeout": 5, **self.client_kwargs(), **kwargs}
+        return ClusterClient(startup_nodes=[ClusterNode(h, p) for h, p in self.startup_nodes], **options)
+
+    def cli_args(self) -> list[str]:
+        """`redis-cli -c` arguments reaching this cluster through its first node."""
+        return self.nodes[0].cli_args()
 
     def _state_ok(self) -> bool:
         for node in self.nodes:

@@ -17,7 +17,7 @@ import pytest
 from tests.harness.ports import free_port
 from tests.harness.postfix import REPO_ROOT, PostfixInstance
 from tests.harness.quorum import QuorumProcess
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 from tests.harness.sink import Delivered, Sink, delivered
 from tests.harness.smtp_client import SendResult, send
 
@@ -55,7 +55,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("backscatter-stack")
-    server = RedisServer(root / "redis").start()
+    server = RedisServer(root / "redis", auth=RedisAuth()).start()
     sink = Sink(root / "sink")
     sink.start()
     body = f"""

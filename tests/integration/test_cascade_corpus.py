@@ -34,7 +34,7 @@ from tests.harness.cascade_corpus import (
 )
 from tests.harness.clamd import Clamd
 from tests.harness.labelled_corpus import build_corpus, messages
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.spamd import Spamd
 
@@ -52,7 +52,7 @@ def av(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
 
 @pytest.fixture(scope="module")
 def cache_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis-cascade")).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis-cascade"), auth=RedisAuth()).start()
     yield server
     server.stop()
 

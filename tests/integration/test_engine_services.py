@@ -18,11 +18,12 @@ import pytest
 import redis
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as RedisClusterClient
+from redis.exceptions import RedisClusterException
 from tests.harness.clamd import Clamd
 from tests.harness.dns import DnsServer, zone_text
 from tests.harness.messages import EICAR
 from tests.harness.ports import port_open
-from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisSentinel, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.spamd import Spamd
 
@@ -362,9 +363,15 @@ def test_spamd_ham_is_not_spam(spamd_server: Spamd) -> None:
 
 
 def test_redis_ping_restart_kill(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path).start()
+    server = RedisServer(tmp_path, auth=RedisAuth()).start()
     try:
-        with redis.Redis.from_url(server.url) as client:
+        with redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5) as anonymous:
+            with pytest.raises(redis.AuthenticationError):  # `default` is off: NOAUTH
+                anonymous.ping()
+        with redis.Redis.from_url(server.bare_url, socket_timeout=5) as no_password:
+            with pytest.raises(redis.AuthenticationError):
+                no_password.ping()
+        with redis.Redis.from_url(server.url) as client:  # the url carries user and password
             assert client.ping()
             server.restart()
             assert client.ping()  # redis-py reconnects to the same port
@@ -375,9 +382,11 @@ def test_redis_ping_restart_kill(tmp_path: Path) -> None:
 
 
 def test_redis_cluster_state_ok(tmp_path: Path) -> None:
-    cluster = RedisCluster(tmp_path).start()
+    cluster = RedisCluster(tmp_path, auth=RedisAuth()).start()
     try:
-        client = RedisClusterClient(startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes])
+        with pytest.raises(RedisClusterException, match=r"(?i)noauth|authenticat"):  # no credentials: no slot map
+            RedisClusterClient(startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes], socket_timeout=5)
+        client = cluster.client()
         try:
             for i in range(20):
                 client.set(f"key:{i}", i)
@@ -393,12 +402,12 @@ def test_redis_cluster_state_ok(tmp_path: Path) -> None:
 def test_redis_sentinel_reports_master(tmp_path: Path) -> None:
     from redis.sentinel import Sentinel
 
-    setup = RedisSentinel(tmp_path).start()
+    setup = RedisSentinel(tmp_path, auth=RedisAuth()).start()
     try:
         assert setup.master_address() == ("127.0.0.1", setup.master.port)
-        sentinel = Sentinel(setup.sentinels, socket_timeout=5)
+        sentinel = Sentinel(setup.sentinels, socket_timeout=5, sentinel_kwargs=setup.sentinel_kwargs())
         assert sentinel.discover_master(setup.service_name) == ("127.0.0.1", setup.master.port)
-        master = sentinel.master_for(setup.service_name, socket_timeout=5)
+        master = sentinel.master_for(setup.service_name, socket_timeout=5, **setup.master.client_kwargs())
         assert master.set("quorum:test", "1")
     finally:
         setup.stop()

@@ -22,7 +22,7 @@ from tests.harness.messages import EICAR
 from tests.harness.notice_listener import NoticeListenerPostfix
 from tests.harness.ports import wait_for_port_closed
 from tests.harness.quorum import QuorumProcess, engine_table
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 from tests.harness.sink import Delivered, Sink
 from tests.harness.smtp_client import SendResult, send
 from tests.zones import auth as z
@@ -136,7 +136,7 @@ def qid_of(quorum: QuorumProcess, rcpt: str, timeout: float = 10.0) -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory, clamd: Clamd) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("notify-stack")
     dns = DnsServer(root / "nsd", z.zones(z.make_keys())).start()
-    redis = RedisServer(root / "redis").start()
+    redis = RedisServer(root / "redis", auth=RedisAuth()).start()
     sink = Sink(root / "sink")
     sink.start()
     postfix = NoticeListenerPostfix(root / "postfix", sink.port)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tests.harness.ports import free_port, wait_for_port
 from tests.harness.postfix import MASTER_CF, PostfixInstance, _write_cool
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 from tests.harness.sink import Sink
 
 from quorum.notify.cap import DailyCap
@@ -184,7 +184,7 @@ def test_submit_never_waits_for_a_relay_that_hangs(caplog: pytest.LogCaptureFixt
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("notify-redis")).start()
+    server = RedisServer(tmp_path_factory.mktemp("notify-redis"), auth=RedisAuth()).start()
     yield server
     server.stop()
 

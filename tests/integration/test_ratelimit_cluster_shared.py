@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.harness.redis_server import RedisCluster
+from tests.harness.redis_server import RedisAuth, RedisCluster
 
 from quorum.assembly import parse_config
 from quorum.ratelimit.buckets import Charge
@@ -39,7 +39,7 @@ def pinned_minimum() -> tuple[int, ...]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cl:
+    with RedisCluster(tmp_path_factory.mktemp("cluster"), auth=RedisAuth()) as cl:
         yield cl
 
 

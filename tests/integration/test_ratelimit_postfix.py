@@ -15,13 +15,11 @@ from typing import Any
 
 import pytest
 import redis
-from redis.cluster import ClusterNode
-from redis.cluster import RedisCluster as ClusterClient
 from tests.harness.clamd import Clamd
 from tests.harness.messages import EICAR
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess, engine_table
-from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisSentinel, RedisServer
 from tests.harness.smtp_client import SendResult, send
 
 pytestmark = pytest.mark.integration
@@ -71,25 +69,28 @@ def stack(
     mode = request.param
     workdir = tmp_path_factory.mktemp(f"stack-{mode}")
     if mode == "single":
-        server: Any = RedisServer(workdir / "redis").start()
+        server: Any = RedisServer(workdir / "redis", auth=RedisAuth()).start()
         table = f'[redis]\nurl = "{server.url}"\n'
 
         def masters() -> list[redis.Redis]:
             return [server.client()]
     elif mode == "cluster":
-        server = RedisCluster(workdir / "redis").start()
+        server = RedisCluster(workdir / "redis", auth=RedisAuth()).start()
         table = f'[redis]\nurl = "{server.urls[0]}"\ncluster = true\n'
 
         def masters() -> list[redis.Redis]:
             return [n.client() for n in server.nodes]
     else:
-        server = RedisSentinel(workdir / "redis").start()
+        server = RedisSentinel(workdir / "redis", auth=RedisAuth()).start()
         sentinels = ", ".join(f'"{h}:{p}"' for h, p in server.sentinels)
-        table = f'[redis]\nsentinels = [{sentinels}]\nservice_name = "{server.service_name}"\n'
+        # The url gives the master's user and password (its address comes from the sentinels).
+        table = (
+            f'[redis]\nurl = "{server.master.url}"\nsentinels = [{sentinels}]\n'
+            f'service_name = "{server.service_name}"\nsentinel_password = "{server.auth.password}"\n'
+        )
 
         def masters() -> list[redis.Redis]:
-            addr = server.master_address()
-            return [redis.Redis(host=addr[0], port=addr[1], socket_timeout=5)]
+            return [server.master_client()]
 
     body = (
         '[policy]\non_virus = "reject"\n\n'
@@ -222,7 +223,7 @@ def _domains_on(stack: Stack, node_port: int | None, count: int, prefix: str) ->
     """Recipient domains whose bucket lives on the given Cluster master (any domain otherwise)."""
     if node_port is None:
         return [f"{prefix}{i}.test" for i in range(count)]
-    cluster = ClusterClient(startup_nodes=[ClusterNode(h, p) for h, p in stack.server.startup_nodes])
+    cluster = stack.server.client()
     try:
         found = []
         for i in range(10_000):

@@ -111,17 +111,7 @@ def sentinel(sn: RedisSentinel) -> Deployment:
     return Deployment("sentinel", table, masters)
 
 
-@pytest.fixture(scope="module")
-def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """This module's Redis requires the ACL user and password (conftest's does not)."""
-    with RedisServer(tmp_path_factory.mktemp("redis"), auth=AUTH) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("cluster"), auth=AUTH) as cl:
-        yield cl
+# redis_single and redis_cluster (tests/conftest.py) require an ACL user and password too.
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.messages import EICAR, GTUBE, HAM, mail
 from tests.harness.ports import free_port
 from tests.harness.quorum import engine_table
-from tests.harness.redis_server import RedisCluster
+from tests.harness.redis_server import RedisAuth, RedisCluster
 from tests.harness.sink import delivered, engines_header
 from tests.harness.smtp_client import SendResult, send
 from tests.harness.spamd import Spamd
@@ -39,7 +39,7 @@ REFUSALS_RECORDED = "refusal" in {f.name for f in dataclasses.fields(Transaction
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("records-cluster")) as cl:
+    with RedisCluster(tmp_path_factory.mktemp("records-cluster"), auth=RedisAuth()) as cl:
         yield cl
 
 

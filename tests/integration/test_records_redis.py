@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.harness.redis_server import RedisCluster, RedisSentinel, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisSentinel, RedisServer
 
 from quorum.assembly import parse_config
 from quorum.records import streams
@@ -28,17 +28,18 @@ pytestmark = pytest.mark.integration
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     workdir = tmp_path_factory.mktemp(f"records-{request.param}")
     if request.param == "single":
-        server: Any = RedisServer(workdir).start()
+        server: Any = RedisServer(workdir, auth=RedisAuth()).start()
         table = {"url": server.url}
     elif request.param == "sentinel":
-        server = RedisSentinel(workdir, replica=False).start()
+        server = RedisSentinel(workdir, replica=False, auth=RedisAuth()).start()
         table = {
-            "url": "redis://127.0.0.1/0",
+            "url": server.master.url,  # the master's user and password; its address comes from the sentinels
             "sentinels": [f"{h}:{p}" for h, p in server.sentinels],
             "service_name": server.service_name,
+            "sentinel_password": server.auth.password,
         }
     else:
-        server = RedisCluster(workdir).start()
+        server = RedisCluster(workdir, auth=RedisAuth()).start()
         table = {"url": server.urls[0], "cluster": True, "cluster_nodes": [f"{h}:{p}" for h, p in server.startup_nodes]}
     try:
         yield request.param, table

@@ -18,7 +18,7 @@ from tests.harness.clamd import Clamd
 from tests.harness.messages import GTUBE, HAM, mail
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import engine_table
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 from tests.harness.rspamd import Rspamd
 from tests.harness.sink import Delivered, Sink, engines_header
 from tests.harness.smtp_client import send
@@ -48,7 +48,7 @@ def body(clamd: Clamd, rspamd: Rspamd, spamd: Spamd, redis: RedisServer) -> str:
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("tenant-redis")) as server:
+    with RedisServer(tmp_path_factory.mktemp("tenant-redis"), auth=RedisAuth()) as server:
         yield server
 
 

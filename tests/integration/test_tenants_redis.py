@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.harness.redis_server import RedisCluster, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer
 
 from quorum.assembly import load_config
 from quorum.cli import main as quorum_main
@@ -245,7 +245,8 @@ def test_redis_stopped_keeps_cached_records(
     request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Own servers (they are stopped): a single Redis and a Cluster."""
-    with RedisServer(tmp_path / "single") as server, RedisCluster(tmp_path / "cluster") as cl:
+    auth = RedisAuth()
+    with RedisServer(tmp_path / "single", auth=auth) as server, RedisCluster(tmp_path / "cluster", auth=auth) as cl:
         for d, stop in ((single(server, tmp_path), server.stop), (cluster(cl, tmp_path), cl.stop)):
             cfg_path = d.config_file(refresh="200ms")
             reject = fragment(tmp_path, '[policy]\non_spam = "reject"\n')

@@ -19,7 +19,7 @@ import redis
 from tests.harness.clamd import Clamd
 from tests.harness.postfix import PostfixInstance
 from tests.harness.quorum import QuorumProcess, engine_table
-from tests.harness.redis_server import RedisCluster, RedisServer
+from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer
 from tests.harness.smtp_client import SendResult, send
 
 pytestmark = pytest.mark.integration
@@ -67,13 +67,13 @@ def stack(
     workdir = tmp_path_factory.mktemp(f"share-{request.param}")
     server: Any
     if request.param == "single":
-        server = RedisServer(workdir / "redis").start()
+        server = RedisServer(workdir / "redis", auth=RedisAuth()).start()
         table = f'[redis]\nurl = "{server.url}"\n'
 
         def masters() -> list[redis.Redis]:
             return [server.client()]
     else:
-        server = RedisCluster(workdir / "redis").start()
+        server = RedisCluster(workdir / "redis", auth=RedisAuth()).start()
         table = f'[redis]\nurl = "{server.urls[0]}"\ncluster = true\n'
 
         def masters() -> list[redis.Redis]:

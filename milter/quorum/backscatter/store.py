@@ -1,8 +1,8 @@
 """Outbound Message-IDs in Redis: one `SET key 1 EX ttl` per outbound message, one `EXISTS` per inbound bounce.
 
 Keys are `PREFIX{sha256(normalised Message-ID)}`: fixed length whatever the sender wrote, and the
-whole hash is the Cluster hash tag, so keys spread over all masters. The client comes from the
-rate limiter's `connect` (single server, Sentinel-managed master or Cluster). Redis trouble costs
+whole hash is the Cluster hash tag, so keys spread over all masters. The client comes from
+`quorum.redisconn.connect` (single server, Sentinel-managed master or Cluster). Redis trouble costs
 one short timeout and then `backoff` seconds without trying: the answer is None ("cannot tell").
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quorum.backscatter.dsn import normalise
+from quorum.redisconn import RedisHealth, RedisSettings, connect
 
 log = logging.getLogger("quorum.backscatter")
 
@@ -33,10 +34,13 @@ class MessageIdStore:
         self._client: Any = None
         self.ttl = max(1, int(ttl))
         self.prefix = prefix
-        self.backoff = backoff
-        self._clock = clock
-        self._down_until = 0.0
-        self._failing = False
+        self.health = RedisHealth(
+            "backscatter",
+            log,
+            backoff=backoff,
+            clock=clock,
+            down="backscatter: Redis unavailable ({reason}); bounces go unchecked, retrying every {backoff:.0f}s",
+        )
         self._lock = threading.Lock()
 
     def key(self, msgid: str) -> str | None:
@@ -60,7 +64,7 @@ class MessageIdStore:
         return self._call(lambda c: int(c.exists(*keys)) > 0)
 
     def _call(self, command: Callable[[Any], bool]) -> bool | None:
-        if self._clock() < self._down_until:
+        if not self.health.available():
             return None
         try:
             with self._lock:
@@ -69,20 +73,9 @@ class MessageIdStore:
                 client = self._client
             answer = command(client)
         except Exception as exc:  # noqa: BLE001 - redis errors, timeouts, a Cluster without a reachable node
-            with self._lock:
-                first, self._failing = not self._failing, True
-                self._down_until = self._clock() + self.backoff
-            if first:
-                log.warning(
-                    "backscatter: Redis unavailable (%s: %s); bounces go unchecked, retrying every %.0fs",
-                    type(exc).__name__,
-                    exc,
-                    self.backoff,
-                )
+            self.health.failed(exc)
             return None
-        if self._failing:
-            self._failing = False
-            log.warning("backscatter: Redis reachable again")
+        self.health.ok()
         return answer
 
     def close(self) -> None:
@@ -92,12 +85,6 @@ class MessageIdStore:
             client.close()
 
 
-def redis_client_factory(redis_settings: Any) -> Callable[[], Any]:
-    """A factory for the raw redis-py client behind the rate limiter's backend (`.client`)."""
-
-    def make() -> Any:
-        from quorum.ratelimit.connect import connect
-
-        return connect(redis_settings).client  # type: ignore[attr-defined]
-
-    return make
+def redis_client_factory(redis_settings: RedisSettings) -> Callable[[], Any]:
+    """A factory for the redis-py client of `[redis]` (quorum.redisconn.connect)."""
+    return lambda: connect(redis_settings)

@@ -2,7 +2,7 @@
 
 Counted in Redis (one INCR+EXPIRE round trip per notice, shared by every Quorum process); while
 Redis is unreachable the count is kept in this process (approximate, forgotten on restart), with
-one warning per outage. It runs on the notifier's thread, never on the SMTP path.
+one warning a minute at most (quorum.redisconn.RedisHealth). It runs on the notifier's thread, never on the SMTP path.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from quorum.redisconn import RedisHealth
 
 log = logging.getLogger("quorum.notify")
 
@@ -35,8 +37,14 @@ class DailyCap:
         self.clock = clock
         self._factory = redis_factory
         self._client: Any = None
-        self._redis_down_until = 0.0
-        self._warned = False
+        self.health = RedisHealth(
+            "notify",
+            log,
+            backoff=retry_after,
+            clock=clock,
+            down="notify: daily cap counted in this process while Redis is unreachable: {reason}",
+            up="notify: daily cap counted in Redis again",
+        )
         self._local: dict[str, int] = {}
         self._local_day = ""
         self._lock = threading.Lock()
@@ -57,7 +65,7 @@ class DailyCap:
         return count <= self.limit
 
     def _count_redis(self, address: str, day: str) -> int | None:
-        if self._factory is None or self.clock() < self._redis_down_until:
+        if self._factory is None or not self.health.available():
             return None
         key = self.key(address, day)
         try:
@@ -68,14 +76,9 @@ class DailyCap:
             pipe.expire(key, _KEY_TTL)
             count = int(pipe.execute()[0])
         except Exception as exc:  # redis errors, OSError, cluster slot-map failures: count locally
-            self._redis_down_until = self.clock() + self.retry_after
-            if not self._warned:
-                log.warning("notify: daily cap counted in this process while Redis is unreachable: %s", exc)
-                self._warned = True
+            self.health.failed(exc)
             return None
-        if self._warned:
-            log.info("notify: daily cap counted in Redis again")
-            self._warned = False
+        self.health.ok()
         return count
 
     def _count_local(self, address: str, day: str) -> int:

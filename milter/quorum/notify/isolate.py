@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ def render_isolated(source: str, variables: Mapping[str, Any], max_size: int, ti
         raise RenderError(f"rendering took longer than {timeout:g}s") from exc
     except OSError as exc:
         raise RenderError(f"cannot start the render child: {exc}") from exc
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # its CPU limit (RLIMIT_CPU) ended it first
+        raise RenderError(f"rendering took longer than {timeout:g}s of CPU")
     if proc.returncode != 0:
         tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
         raise RenderError(f"render child exited with {proc.returncode}: {' '.join(tail) or 'no message'}")

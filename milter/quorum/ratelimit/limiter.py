@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from quorum.ratelimit.backend import Answer, Backend
 from quorum.ratelimit.buckets import Charge
 from quorum.ratelimit.fallback import LocalBuckets
+from quorum.redisconn import RedisHealth
 
 log = logging.getLogger("quorum.ratelimit")
 
@@ -48,16 +49,23 @@ class Limiter:
     ) -> None:
         self._connect = connect
         self.fallback = fallback
-        self.backoff = backoff
-        self.warn_interval = warn_interval
-        self.clock = clock
+        self.health = RedisHealth(
+            "ratelimit",
+            log,
+            backoff=backoff,
+            warn_interval=warn_interval,
+            clock=clock,
+            down="Redis unavailable ({reason}): rate limits fail open to approximate per-process counting; "
+            "retrying Redis every {backoff:.1f}s",
+            up="Redis reachable again: rate limits are counted in Redis again",
+        )
         self._backend: Backend | None = None
-        self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
-        self._failing = False
-        self._down_until = 0.0
-        self._last_warning: float | None = None
-        self.failures = 0  # Redis errors seen, for tests and metrics
+
+    @property
+    def failures(self) -> int:
+        """Redis errors seen, for tests and metrics."""
+        return self.health.failures
 
     # -- public ------------------------------------------------------------------------------
     def reserve(self, charges: Sequence[Charge]) -> Decision:
@@ -80,9 +88,9 @@ class Limiter:
         try:
             backend.run("release", reservation.charges)
         except Exception as exc:
-            self._failed(exc)
+            self.health.failed(exc)
         else:
-            self._ok()
+            self.health.ok()
 
     def close(self) -> None:
         with self._connect_lock:
@@ -95,7 +103,7 @@ class Limiter:
 
     @property
     def degraded(self) -> bool:
-        return self._failing
+        return self.health.failing
 
     # -- internals ---------------------------------------------------------------------------
     def _decide(self, op: str, charges: tuple[Charge, ...]) -> Decision:
@@ -113,54 +121,22 @@ class Limiter:
             try:
                 answer = backend.run(op, charges)
             except Exception as exc:
-                self._failed(exc)
+                self.health.failed(exc)
             else:
-                self._ok()
+                self.health.ok()
                 return answer, "redis"
         return self.fallback.run(op, charges), "local"
 
     def _redis(self) -> Backend | None:
         """The backend to try now, or None while backing off (one caller probes per period)."""
-        if self._failing:
-            with self._lock:
-                now = self.clock()
-                if now < self._down_until:
-                    return None
-                self._down_until = now + self.backoff  # this caller probes; the others stay local
+        if not self.health.available():
+            return None
         if self._backend is None:
             with self._connect_lock:
                 if self._backend is None:
                     try:
                         self._backend = self._connect()
                     except Exception as exc:
-                        self._failed(exc)
+                        self.health.failed(exc)
                         return None
         return self._backend
-
-    def _failed(self, exc: Exception) -> None:
-        with self._lock:
-            now = self.clock()
-            self.failures += 1
-            self._failing = True
-            self._down_until = now + self.backoff
-            warn = self._last_warning is None or now - self._last_warning >= self.warn_interval
-            if warn:
-                self._last_warning = now
-        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-        if warn:
-            log.warning(
-                "Redis unavailable (%s): rate limits fail open to approximate per-process counting; "
-                "retrying Redis every %.1fs",
-                reason,
-                self.backoff,
-            )
-        else:
-            log.debug("Redis still unavailable (%s)", reason)
-
-    def _ok(self) -> None:
-        if not self._failing:
-            return
-        with self._lock:
-            was_failing, self._failing = self._failing, False
-        if was_failing:
-            log.warning("Redis reachable again: rate limits are counted in Redis again")

@@ -1,4 +1,4 @@
-"""Rate-limit configuration: `[redis]` and `[ratelimit]`, validated at load.
+"""Rate-limit configuration: `[ratelimit]`, validated at load (`[redis]`: quorum.redisconn).
 
 A limit is `{ messages = N, per = "1h" }` and/or `{ recipients = N, per = "1h" }` (both may be set:
 two counters), or a list of such tables for several windows. `0` means unlimited.
@@ -7,13 +7,13 @@ two counters), or a list of such tables for several windows. `0` means unlimited
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from quorum.config.fields import Problems, Table
+from quorum.config.fields import Table
+from quorum.redisconn import RedisSettings as RedisSettings  # `[redis]` moved there; old names kept
+from quorum.redisconn import parse_redis as parse_redis
+from quorum.redisconn import shared_redis as shared_redis
 
 KINDS = ("sender_domain", "recipient_domain", "client_ip", "auth_user")
 DOMAIN_KINDS = ("sender_domain", "recipient_domain", "auth_user")  # may be overridden per domain
@@ -21,7 +21,6 @@ UNITS = ("messages", "recipients")
 SHARE_BY = ("client_ip", "sender")  # what one unauthenticated share of a recipient domain is counted by
 MIN_WINDOW = 0.05
 MAX_WINDOW = 366 * 86400.0
-_URL_SCHEMES = ("redis", "rediss", "unix")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -50,47 +49,6 @@ class Override:
     exempt: bool = False
     kinds: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     share: float | None = None  # recipient_domain_share for this domain; None: the [ratelimit] one
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
-    cluster: bool = False
-    cluster_nodes: tuple[tuple[str, int], ...] = ()
-    sentinels: tuple[tuple[str, int], ...] = ()
-    service_name: str = ""
-    sentinel_password: str | None = field(default=None, repr=False)
-    timeout: float = 0.25
-    connect_timeout: float = 0.25
-    # ACL password (from `password_file`; a password in `url` stays there), TLS files for rediss://
-    password: str | None = field(default=None, repr=False)
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    # `hmac_key_file`: authenticates what Quorum must trust when it reads it back (verdict cache)
-    hmac_key: bytes | None = field(default=None, repr=False)
-
-    @property
-    def mode(self) -> str:
-        return "cluster" if self.cluster else "sentinel" if self.sentinels else "single"
-
-    @property
-    def tls(self) -> bool:
-        return self.url.lower().startswith("rediss:")
-
-    def auth_kwargs(self) -> dict[str, str]:
-        """redis-py keyword arguments for the password (from the file) and the TLS files."""
-        out: dict[str, str] = {}
-        if self.password is not None:
-            out["password"] = self.password
-        for kwarg, value in (
-            ("ssl_ca_certs", self.tls_ca_file),
-            ("ssl_certfile", self.tls_cert_file),
-            ("ssl_keyfile", self.tls_key_file),
-        ):
-            if value is not None:
-                out[kwarg] = value
-        return out
 
 
 @dataclass(frozen=True)
@@ -149,7 +107,7 @@ def parse_settings(root: Table) -> RateLimitSettings | None:
     if "{" in key_prefix or "}" in key_prefix:
         t.problems.error(t.key("key_prefix"), "must not contain '{' or '}' (Redis Cluster hash tags); remove them")
     settings = RateLimitSettings(
-        redis=_redis(redis_table),
+        redis=parse_redis(redis_table),
         defaults=defaults,
         domains=domains,
         networks=networks,
@@ -301,220 +259,3 @@ def _warn_shareless(t: Table, settings: RateLimitSettings) -> None:
             "all its inbound mail refused (451) for the window; set recipient_domain_share (e.g. 0.2) so "
             "one unauthenticated client may use at most that fraction",
         )
-
-
-def _host_port(t: Table, name: str, default_port: int) -> tuple[tuple[str, int], ...]:
-    out = []
-    for item in map(str, t.str_list(name)):
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            host, port = item, str(default_port)
-        host = host.strip("[]")
-        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            t.problems.error(t.key(name), f'{item!r} is not "host:port"; use e.g. "127.0.0.1:{default_port}"')
-            continue
-        out.append((host, int(port)))
-    return tuple(out)
-
-
-def parse_redis(t: Table) -> RedisSettings:
-    """`[redis]`: one table shared by every feature that keeps state in Redis."""
-    return _redis(t)
-
-
-def shared_redis(root: Table) -> RedisSettings | None:
-    """`[redis]` for a feature that uses it (None when absent). Several features read the same
-    table: its problems are reported once, whoever reads it first."""
-    if "redis" not in root.data:
-        return None
-    root.table("redis")  # mark it read for root.reject_unknown()
-    mine = Problems()
-    data = root.data["redis"]
-    settings = _redis(Table(data if isinstance(data, Mapping) else {}, "redis", mine))
-    for error in mine.errors:
-        if error not in root.problems.errors:
-            root.problems.errors.append(error)
-    for warning in mine.warnings:
-        if warning not in root.problems.warnings:
-            root.problems.warnings.append(warning)
-    return settings
-
-
-def _redis(t: Table) -> RedisSettings:
-    d = RedisSettings()
-    url = t.str("url", d.url)
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in _URL_SCHEMES:
-        t.problems.error(
-            t.key("url"), f"{url!r}: use redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///path/redis.sock"
-        )
-    else:
-        _check_url(t, url)
-    timeout = t.duration("timeout", d.timeout, minimum=0.01)
-    url_password = _url_password(url)
-    password = _secret(t, "password_file")
-    if password is not None and url_password:
-        t.problems.error(t.key("password_file"), "the url carries a password too; keep one (remove it from the url)")
-    sentinel_password = t.opt_str("sentinel_password")
-    sentinel_password_file = _secret(t, "sentinel_password_file")
-    if sentinel_password is not None and sentinel_password_file is not None:
-        t.problems.error(t.key("sentinel_password_file"), "sentinel_password is set too; keep one")
-    tls_files = {name: _readable(t, name) for name in ("tls_ca_file", "tls_cert_file", "tls_key_file")}
-    if scheme != "rediss" and any(tls_files.values()):
-        name = next(n for n, v in tls_files.items() if v)
-        t.problems.error(t.key(name), "TLS files need a rediss:// url (TLS); change the url or remove the key")
-    if bool(tls_files["tls_cert_file"]) != bool(tls_files["tls_key_file"]):
-        t.problems.error(t.key("tls_cert_file"), "a client certificate needs both tls_cert_file and tls_key_file")
-    hmac_key = _hmac_key(t)
-    settings = RedisSettings(
-        url=url,
-        cluster=t.bool("cluster", d.cluster),
-        cluster_nodes=_host_port(t, "cluster_nodes", 6379),
-        sentinels=_host_port(t, "sentinels", 26379),
-        service_name=t.str("service_name", d.service_name),
-        sentinel_password=sentinel_password if sentinel_password is not None else sentinel_password_file,
-        timeout=timeout,
-        connect_timeout=t.duration("connect_timeout", timeout, minimum=0.01),
-        password=password,
-        tls_ca_file=tls_files["tls_ca_file"],
-        tls_cert_file=tls_files["tls_cert_file"],
-        tls_key_file=tls_files["tls_key_file"],
-        hmac_key=hmac_key,
-    )
-    if scheme in _URL_SCHEMES:
-        _warn_unauthenticated(t, settings, bool(url_password))
-    if settings.cluster and settings.sentinels:
-        t.problems.error(t.key("cluster"), "a Redis Cluster is not used through Sentinel; remove sentinels or cluster")
-    if settings.cluster and scheme == "unix":
-        t.problems.error(t.key("url"), "a Redis Cluster needs a redis:// or rediss:// seed node address")
-    if settings.cluster_nodes and not settings.cluster:
-        t.problems.error(t.key("cluster_nodes"), "only used with cluster = true; set it or remove cluster_nodes")
-    if settings.sentinels and not settings.service_name:
-        t.problems.error(t.key("service_name"), 'missing; set the master name the sentinels monitor (e.g. "quorum")')
-    if settings.service_name and not settings.sentinels:
-        t.problems.error(t.key("sentinels"), 'missing; list the sentinels, e.g. ["127.0.0.1:26379"]')
-    t.reject_unknown()
-    return settings
-
-
-UNAUTHENTICATED = (
-    "Redis without authentication: whoever can connect to it can change what Quorum trusts there "
-    "(tenant records: policy per domain, with scanning; rate-limit counters; verdict-cache entries unless "
-    "hmac_key_file is set). Give Quorum an ACL user and password: "
-    'url = "redis://quorum@HOST:6379/0" and password_file = "/etc/quorum/redis-password", '
-    "and TLS: rediss:// with tls_ca_file (see README, Redis)"
-)
-MIN_HMAC_KEY = 16
-
-
-def _url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _loopback(url: str) -> bool:
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _warn_unauthenticated(t: Table, s: RedisSettings, url_password: bool) -> None:
-    if s.password is None and not url_password:
-        t.problems.warn(t.key("url"), UNAUTHENTICATED)
-        return
-    scheme = urlsplit(s.url).scheme.lower()
-    if scheme == "redis" and not _loopback(s.url):
-        t.problems.warn(
-            t.key("url"),
-            "the Redis password and every entry cross the network in clear text; use rediss:// with tls_ca_file",
-        )
-    if s.sentinels and s.sentinel_password is None:
-        t.problems.warn(
-            t.key("sentinel_password"),
-            "the sentinels take no password: whoever reaches them can name another master; "
-            "set requirepass on the sentinels and sentinel_password_file here",
-        )
-
-
-def _readable(t: Table, name: str) -> str | None:
-    """A file the key names, checked to be readable now (the connection opens later)."""
-    path = t.opt_str(name)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb"):
-            pass
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        t.problems.error(t.key(name), f"cannot read {path!r} ({reason}); fix the path or its permissions")
-        return None
-    return path
-
-
-def _read_secret_file(t: Table, name: str) -> bytes | None:
-    path = t.opt_str(name)
-    if path is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the load
-        try:
-            info = os.fstat(fd)
-            data = os.read(fd, 65536) if stat.S_ISREG(info.st_mode) else b""
-        finally:
-            os.close(fd)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        t.problems.error(t.key(name), f"cannot read {path!r} ({reason}); fix the path or its permissions")
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        t.problems.error(t.key(name), f"{path!r} is not a regular file")
-        return None
-    if info.st_mode & stat.S_IROTH:
-        t.problems.warn(t.key(name), f"{path!r} is readable by every user; chmod o-r (e.g. 0640, group quorum)")
-    return data.rstrip(b"\r\n")
-
-
-def _secret(t: Table, name: str) -> str | None:
-    data = _read_secret_file(t, name)
-    if data is None:
-        return None
-    if not data:
-        t.problems.error(t.key(name), "the file is empty; write the password into it")
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        t.problems.error(t.key(name), "the password is not UTF-8 text")
-        return None
-
-
-def _hmac_key(t: Table) -> bytes | None:
-    data = _read_secret_file(t, "hmac_key_file")
-    if data is None:
-        return None
-    if len(data) < MIN_HMAC_KEY:
-        t.problems.error(
-            t.key("hmac_key_file"),
-            f"the key has {len(data)} bytes, at least {MIN_HMAC_KEY} are needed; "
-            "create one with: head -c 32 /dev/urandom | base64 > FILE",
-        )
-        return None
-    return data
-
-
-def _check_url(t: Table, url: str) -> None:
-    from redis.connection import parse_url
-
-    try:
-        parse_url(url)
-    except (ValueError, TypeError) as exc:
-        t.problems.error(t.key("url"), f"{url!r}: {exc}")

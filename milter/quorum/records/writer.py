@@ -20,6 +20,7 @@ from typing import Any
 from quorum import metrics
 from quorum.records import streams
 from quorum.records.settings import RecordsSettings
+from quorum.redisconn import RedisHealth
 
 log = logging.getLogger("quorum.records")
 _STOP = object()
@@ -37,9 +38,15 @@ class RecordWriter:
         self._factory = client_factory
         self._queue: queue.Queue[Any] = queue.Queue(settings.queue_size)
         self._client: Any = None
-        self._down_until = 0.0
-        self._last_warning = -warn_interval
-        self.warn_interval = warn_interval
+        self.health = RedisHealth(
+            "records",
+            log,
+            backoff=settings.backoff,
+            warn_interval=warn_interval,
+            down="session records: Redis unavailable ({reason}); dropping records for {backoff:.1f}s, "
+            "mail is not affected",
+            up="session records: Redis reachable again; records are written again",
+        )
         self.written = 0
         self.dropped = 0
         self._count_lock = threading.Lock()
@@ -101,7 +108,7 @@ class RecordWriter:
 
     def write(self, batch: list[dict[str, Any]]) -> None:
         """One pipelined round trip for `batch`; on failure the batch is dropped and counted."""
-        if time.monotonic() < self._down_until:
+        if not self.health.available():
             self._drop(len(batch), "redis_down")
             return
         s = self.settings
@@ -118,28 +125,17 @@ class RecordWriter:
                     pipe.expire(key, int(s.retention))
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis/network/cluster failure: drop, back off
-            self._failed(exc, len(batch))
+            self._drop(len(batch), "redis_down")
+            self._close_client()
+            self.health.failed(exc)
             return
+        self.health.ok()
         self.written += len(batch)
         metrics.RECORDS_WRITTEN.inc(len(batch))
 
     def _connect(self) -> Any:
         self._client = self._factory()
         return self._client
-
-    def _failed(self, exc: BaseException, count: int) -> None:
-        self._drop(count, "redis_down")
-        self._down_until = time.monotonic() + self.settings.backoff
-        self._close_client()
-        now = time.monotonic()
-        if now - self._last_warning >= self.warn_interval:
-            self._last_warning = now
-            log.warning(
-                "session records: Redis unavailable (%s: %s); dropping records for %.1fs, mail is not affected",
-                type(exc).__name__,
-                exc,
-                self.settings.backoff,
-            )
 
     def _drop(self, count: int, reason: str) -> None:
         with self._count_lock:

@@ -17,12 +17,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from cachetools import LRUCache
+
 from quorum.pipeline.replies import ReplyTexts
+from quorum.redisconn import RedisHealth
 from quorum.tenants.effective import FILE, REDIS, EffectivePolicy, GlobalLayer, Provenance, merge
 from quorum.tenants.names import DomainMatcher, recipient_domain
 from quorum.tenants.schema import DomainEntry, SchemaContext, parse_fragment
@@ -77,12 +79,22 @@ class TenantPolicies:
         self.store = store
         self.clock = clock
         self.stats = TenantStats()
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache: LRUCache[str, _Cached] = LRUCache(maxsize=max(1, self.settings.cache_size))
         self._lock = threading.Lock()
         self._shared: dict[tuple[Any, ...], EffectivePolicy] = {}
         self._file = {name: self._intern(merge(self.base, [(FILE, e)])) for name, e in self.settings.domains.items()}
-        self._down_until = 0.0
-        self._last_warning = float("-inf")
+        redis = self.settings.redis
+        self.health = RedisHealth(
+            "tenants",
+            log,
+            backoff=self.settings.backoff,
+            warn_interval=self.settings.warn_interval,
+            clock=clock,
+            where=f"Redis {redis.mode} {redis.url}" if redis is not None else "store",
+            down="tenant store unreachable ({where}): {reason}; last known domain records keep applying, "
+            "domains not in memory get the file/global policy; next try in {backoff:g}s",
+            up="tenant store reachable again ({where}): domain records are read from it again",
+        )
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
         if listen and isinstance(store, RedisTenantStore):
@@ -105,31 +117,29 @@ class TenantPolicies:
             return self._file_policy(domain)
         now = self.clock()
         with self._lock:
-            cached = self._cache.get(domain)
+            cached = self._cache.get(domain)  # marks it recently used
             if cached is not None:
-                self._cache.move_to_end(domain)
                 if now < cached.expires:
                     self.stats.hits += 1
                     return cached.policy
-        if now < self._down_until:
+        if not self.health.available():
             self.stats.skipped += 1
             return cached.policy if cached is not None else self._file_policy(domain)
         try:
             self.stats.lookups += 1
             raw = self.store.fetch(domain)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: keep what we know
-            self._failed(exc, now)
+            self.stats.errors += 1
+            self.health.failed(exc)
             return cached.policy if cached is not None else self._file_policy(domain)
+        self.health.ok()
         digest = None if raw is None else hashlib.blake2b(raw, digest_size=16).digest()
         if cached is not None and digest == cached.digest:
             policy = cached.policy
         else:
             policy = self._from_record(domain, raw)
         with self._lock:
-            self._cache[domain] = _Cached(digest, now + self.settings.refresh, policy)
-            self._cache.move_to_end(domain)
-            while len(self._cache) > self.settings.cache_size:
-                self._cache.popitem(last=False)
+            self._cache[domain] = _Cached(digest, now + self.settings.refresh, policy)  # evicts the LRU one
         return policy
 
     def invalidate(self, domain: str | None = None) -> None:
@@ -190,21 +200,6 @@ class TenantPolicies:
                 self._shared[key] = policy
                 return policy
         return replace(shared, domain=policy.domain, sources=policy.sources)
-
-    def _failed(self, exc: Exception, now: float) -> None:
-        self.stats.errors += 1
-        self._down_until = now + self.settings.backoff
-        if now - self._last_warning >= self.settings.warn_interval:
-            self._last_warning = now
-            redis = self.settings.redis
-            log.warning(
-                "tenant store unreachable (%s): %s: %s; last known domain records keep applying, "
-                "domains not in memory get the file/global policy; next try in %gs",
-                f"Redis {redis.mode} {redis.url}" if redis is not None else "store",
-                type(exc).__name__,
-                exc,
-                self.settings.backoff,
-            )
 
     def _listen(self, store: RedisTenantStore) -> None:
         """Drop the cache entry of every domain announced on the store's channel; reconnect after errors."""

@@ -3,8 +3,8 @@
 One key per domain puts each lookup on one hash slot, so the same code runs on a single Redis,
 a Sentinel-managed master and a Cluster. The value is the domain's table as JSON (what
 `quorum domain set` writes) or as TOML text (what an operator may write with redis-cli); both are
-validated by the same schema as the file when read. The connection comes from the rate limiter's
-`connect` (no retries, short timeouts): a slow Redis costs one short timeout, then the resolver
+validated by the same schema as the file when read. The connection comes from `quorum.redisconn`
+(no retries, short timeouts): a slow Redis costs one short timeout, then the resolver
 backs off and keeps using what it knows.
 
 Trust: a record is policy (engines, thresholds, actions: it can turn scanning off for a domain),
@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from quorum.ratelimit.settings import RedisSettings
+from quorum.redisconn import RedisSettings, connect
 
 
 class RecordError(ValueError):
@@ -37,9 +37,7 @@ class RedisTenantStore:
     def client(self) -> Any:
         """redis.Redis or redis.cluster.RedisCluster; connected on first use (a Cluster reads its slot map)."""
         if self._client is None:
-            from quorum.ratelimit.connect import connect
-
-            self._client = connect(self.redis).client  # type: ignore[attr-defined]
+            self._client = connect(self.redis)
         return self._client
 
     @property

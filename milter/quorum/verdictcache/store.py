@@ -20,11 +20,13 @@ import hmac
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from cachetools import TTLCache
 from prometheus_client import Counter
+
+from quorum.redisconn import RedisHealth
 
 log = logging.getLogger("quorum.verdictcache")
 
@@ -68,17 +70,26 @@ class VerdictStore:
         local_entries: int,
         prefix: str,
         hmac_key: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`hmac_key` (see entry_key) signs and verifies what goes through Redis; None: no Redis."""
         self.ttl = ttl
         self.prefix = prefix + "{vc}:"
         self.local_entries = local_entries
-        self._local: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # LRU bounded to `local_entries`, each entry for `ttl` seconds; not thread-safe: under _lock
+        self._local: TTLCache[str, str] = TTLCache(max(1, local_entries), ttl, timer=clock)
         self._lock = threading.Lock()
         self._key = hmac_key
         self._factory = client_factory if hmac_key is not None else None
         self._client: Any = None
-        self._down_until = 0.0
+        self.health = RedisHealth(
+            "verdict_cache",
+            log,
+            backoff=BACKOFF,
+            clock=clock,
+            down="verdict cache: Redis unavailable ({reason}); local cache only, retrying every {backoff:.0f}s",
+            up="verdict cache: Redis reachable again",
+        )
         self.round_trips = 0
         self.forged = 0
         self._forged_logged = -FORGED_LOG_INTERVAL
@@ -86,13 +97,11 @@ class VerdictStore:
     def get_many(self, keys: list[str]) -> dict[str, str]:
         """Known entries among `keys` (value: "clean" or "infected:NAME")."""
         found: dict[str, str] = {}
-        now = time.monotonic()
         with self._lock:
             for key in keys:
-                entry = self._local.get(key)
-                if entry is not None and entry[0] > now:
-                    self._local.move_to_end(key)
-                    found[key] = entry[1]
+                value = self._local.get(key)  # None when expired; marks it recently used
+                if value is not None:
+                    found[key] = value
         if found:
             ENTRIES.labels("local").inc(len(found))
         missing = [k for k in keys if k not in found]
@@ -107,6 +116,7 @@ class VerdictStore:
             self._failed(exc)
             ENTRIES.labels("miss").inc(len(missing))
             return found
+        self.health.ok()
         forged: list[str] = []
         for key, value in zip(missing, values, strict=True):
             if value is None:
@@ -163,18 +173,17 @@ class VerdictStore:
             pipe.execute()
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
+            return
+        self.health.ok()
 
     def _remember(self, key: str, value: str) -> None:
         if self.local_entries <= 0:
             return
         with self._lock:
-            self._local[key] = (time.monotonic() + self.ttl, value)
-            self._local.move_to_end(key)
-            while len(self._local) > self.local_entries:
-                self._local.popitem(last=False)
+            self._local[key] = value  # evicts the least recently used entry when full
 
     def _redis(self) -> Any:
-        if self._factory is None or time.monotonic() < self._down_until:
+        if self._factory is None or not self.health.available():
             return None
         if self._client is None:
             try:
@@ -185,10 +194,8 @@ class VerdictStore:
         return self._client
 
     def _failed(self, exc: Exception) -> None:
-        if time.monotonic() >= self._down_until:
-            log.warning("verdict cache: Redis unavailable (%s); local cache only for %.0fs", exc, BACKOFF)
-        self._down_until = time.monotonic() + BACKOFF
-        self._client = None
+        self._client = None  # connect again after the backoff
+        self.health.failed(exc)
 
     def close(self) -> None:
         client, self._client = self._client, None
