@@ -75,6 +75,7 @@ case "$cmd" in
     echo "== static checks"
     .venv/bin/ruff check milter tests bench examples
     .venv/bin/mypy
+    .venv/bin/lint-imports  # the core imports no feature ([tool.importlinter] in pyproject.toml)
     echo "== test suite (real Postfix, clamd, rspamd, spamd, Redis, NSD on 127.0.0.1)"
     QUORUM_REQUIRE_INTEGRATION=1 .venv/bin/python -m pytest -q -p no:cacheprovider "${@:2}"
     if [[ ${QUORUM_SKIP_COMPOSE:-0} != 1 ]]; then

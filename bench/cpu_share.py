@@ -23,7 +23,7 @@ PEERS = {"clamav-milter", "spamass-milter", "spamc"}
 def group_of(pid: int, comm: str, cmdline: str) -> str:
     if pid == os.getpid():
         return "bench (load + sink)"
-    if " -m quorum run" in cmdline or "bin/quorum run" in cmdline or "-m quorum.service.server" in cmdline:
+    if " -m quorum run" in cmdline or "bin/quorum run" in cmdline or "-m quorum.worker" in cmdline:
         return "quorum"
     if comm in POSTFIX:
         return "postfix"

@@ -31,10 +31,9 @@ sys.path[:0] = [str(REPO), str(REPO / "milter"), str(REPO / "bench")]
 
 from corpus import Sample, build_corpus  # noqa: E402
 
-from quorum.assembly import parse_config  # noqa: E402
+from quorum.assembly import build_pipeline, parse_config  # noqa: E402
 from quorum.engines import Engine, ScanCall, build_engine  # noqa: E402
 from quorum.message import Envelope, Message  # noqa: E402
-from quorum.pipeline.pipeline import Pipeline  # noqa: E402
 from quorum.pipeline.transaction import Connection, Transaction  # noqa: E402
 from quorum.verdict import Status  # noqa: E402
 
@@ -82,7 +81,7 @@ def pipeline_scanner(
             "engines": {n: tables[n] for n in names},
         }
     )
-    pipeline = Pipeline(config)
+    pipeline = build_pipeline(config)
 
     def scan(sample: Sample) -> str:
         message = Message.from_bytes(sample.raw, envelope(sample))

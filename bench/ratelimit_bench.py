@@ -37,6 +37,7 @@ from quorum.assembly import parse_config  # noqa: E402
 from quorum.message import Envelope  # noqa: E402
 from quorum.pipeline.transaction import Connection, Transaction  # noqa: E402
 from quorum.ratelimit.feature import build  # noqa: E402
+from quorum.ratelimit.limiter import Reservation  # noqa: E402
 from quorum.ratelimit.settings import RateLimitSettings  # noqa: E402
 from quorum.ratelimit.stage import RateLimitStage  # noqa: E402
 
@@ -75,7 +76,8 @@ def timed(stage: RateLimitStage, start: int, count: int) -> list[float]:
         t0 = time.perf_counter_ns()
         reply = stage.data(s)
         out.append((time.perf_counter_ns() - t0) / 1000)
-        assert reply is None and s.reservation is not None and s.reservation.source == "redis", reply
+        reservation = s.results.get(Reservation)
+        assert reply is None and reservation is not None and reservation.source == "redis", reply
     return out
 
 

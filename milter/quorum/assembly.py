@@ -3,7 +3,10 @@
 `quorum.config` is a leaf (it validates the tables Quorum itself owns); engines and features know
 the config model but not each other. Here the document is read into one `Config` (core tables,
 each engine's table through its adapter, each feature's tables), checked across parts, and turned
-into the pipeline's parts (engine runners, stages).
+into the pipeline's parts (engine runners, stages, the tenant directory, the verdict cache, the
+JSON log line): `build_pipeline(config)`. The core (`service`, `pipeline`, `engines`, `config`)
+never imports this module or a feature; the command line (`quorum.cli`) hands this module to the
+service, which calls `load_config` and `build_pipeline` on reload.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from quorum.features import all_features
 from quorum.verdict import Category
 
 if TYPE_CHECKING:
-    from quorum.pipeline.runner import EngineRunner
+    from quorum.pipeline.pipeline import Pipeline
+    from quorum.pipeline.runner import EngineRunner, ScanCache
     from quorum.pipeline.stages import Stage
-    from quorum.verdictcache.cached import CachedScan
 
-__all__ = ["DEFAULT_CONFIG", "build_runners", "build_stages", "load_config", "parse_config"]
+__all__ = ["DEFAULT_CONFIG", "build_pipeline", "build_runners", "build_stages", "load_config", "parse_config"]
 
 
 def load_config(path: str | Path) -> Config:
@@ -67,7 +70,24 @@ def _parse_config(data: Mapping[str, Any], path: str | None) -> Config:
     return Config(milter, policy, engines, features, replies, tuple(problems.warnings), path)
 
 
-def build_runners(config: Config, cache: CachedScan | None = None) -> list[EngineRunner]:
+def build_pipeline(config: Config) -> Pipeline:
+    """The pipeline for `config`, every part built here."""
+    from quorum.pipeline.pipeline import Parts, Pipeline
+    from quorum.records.format import json_line
+    from quorum.tenants import TenantPolicies
+    from quorum.verdictcache.feature import make_cache
+
+    closers = []
+    cache_settings = config.feature("verdict_cache")
+    cache = make_cache(cache_settings) if cache_settings is not None else None
+    if cache is not None:
+        closers.append(cache.store.close)
+    stages = build_stages(config)
+    parts = Parts(build_runners(config, cache), stages, TenantPolicies(config), json_line, closers)
+    return Pipeline(config, parts)
+
+
+def build_runners(config: Config, cache: ScanCache | None = None) -> list[EngineRunner]:
     from quorum.pipeline.runner import EngineRunner
 
     return [EngineRunner(build_engine(s), cache) for s in config.enabled_engines]

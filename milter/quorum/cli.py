@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quorum import __version__
-from quorum.assembly import load_config
+from quorum.assembly import build_pipeline, load_config
 from quorum.config import Config, ConfigError
 from quorum.config.loader import DEFAULT_CONFIG
 from quorum.logs import setup_logging
@@ -101,9 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.milter.log_level)
     from quorum.service.supervisor import Supervisor
+    from quorum.worker import ARGV
 
     path = str(Path(args.config).resolve()) if args.config else None
-    return Supervisor(path, config.milter.stop_timeout, config.milter.pid_file).run()
+    return Supervisor(path, config.milter.stop_timeout, config.milter.pid_file, load_config, ARGV).run()
 
 
 def cmd_check_config(config: Config) -> int:
@@ -116,7 +117,6 @@ def cmd_check_config(config: Config) -> int:
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     from quorum.message import Message
-    from quorum.pipeline.pipeline import Pipeline
     from quorum.pipeline.stages import Reply
     from quorum.pipeline.transaction import Connection
 
@@ -126,7 +126,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
         return 2
-    pipeline = Pipeline(config)
+    pipeline = build_pipeline(config)
     conn = Connection(args.client_ip, "", args.helo, macros={"i": "SCAN"})
     txn = pipeline.begin(conn, args.sender)
     if args.auth_user:

@@ -28,7 +28,7 @@ from typing import Any
 from tests.harness.clamd import Clamd
 from tests.harness.quorum import engine_table
 
-from quorum.assembly import load_config
+from quorum.assembly import build_pipeline, load_config
 from quorum.config import Config
 from quorum.engines.base import ScanCall
 from quorum.message import Envelope, Message
@@ -164,7 +164,7 @@ class Mode:
 
     def __init__(self, name: str, config: Config) -> None:
         self.name = name
-        self.pipeline = Pipeline(config)
+        self.pipeline = build_pipeline(config)
         self.counted = Counted(self.pipeline)
 
     def check(self, raw: bytes) -> Outcome:

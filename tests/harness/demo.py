@@ -57,7 +57,7 @@ def check_quorum_user() -> None:
             "--init-groups",
             sys.executable,
             "-c",
-            "import quorum.service.server",
+            "import quorum.worker",
         ],
         capture_output=True,
         text=True,

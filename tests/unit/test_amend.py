@@ -6,12 +6,11 @@ from typing import Any
 
 import pytest
 
-from quorum.assembly import parse_config
+from quorum.assembly import build_pipeline, parse_config
 from quorum.message import Envelope, Message
 from quorum.pipeline import amend
 from quorum.pipeline.amend import Amendment, FinalMessage
 from quorum.pipeline.output import Edits
-from quorum.pipeline.pipeline import Pipeline
 from quorum.pipeline.policy import Decision
 from quorum.pipeline.stages import Action, Reply, Stage
 from quorum.pipeline.transaction import Connection, Transaction
@@ -92,8 +91,8 @@ def test_header_values_from_a_stage_are_sanitised() -> None:
 @pytest.mark.parametrize("raw", [RAW, RAW.replace(b"body line", b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR")])
 def test_the_pipeline_calls_the_hook_for_delivered_mail_only(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     stage = Recorder("hello", (("X-Hello", "hi"),))
-    monkeypatch.setattr("quorum.pipeline.pipeline.build_stages", lambda config: [stage])
-    pipeline = Pipeline(parse_config({}))
+    monkeypatch.setattr("quorum.assembly.build_stages", lambda config: [stage])
+    pipeline = build_pipeline(parse_config({}))
     try:
         txn, msg = message()
         refuse = b"EICAR" in raw

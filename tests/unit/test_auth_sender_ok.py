@@ -154,8 +154,8 @@ def test_dnsbl_still_refuses_a_listed_client_with_a_forgeable_sender_ok(dnsbl: D
     s.access["user@rcpt.test"] = AccessClass(SENDER_OK, SOURCE)
     reply = dnsbl.rcpt(s, "user@rcpt.test")
     assert reply is not None and reply.action == Action.REJECT
-    s.spf = SpfResult("pass", "mailfrom", "partner.test", "x@partner.test")  # spf_at = "mail" verified it
+    s.results.put(SpfResult("pass", "mailfrom", "partner.test", "x@partner.test"), by="auth")  # spf_at = "mail"
     assert dnsbl.rcpt(s, "user@rcpt.test") is None
     s.access["user@rcpt.test"] = AccessClass(OK, SOURCE)  # a client/recipient OK keeps its meaning
-    s.spf = None
+    s.results.pop(SpfResult, by="auth")
     assert dnsbl.rcpt(s, "user@rcpt.test") is None

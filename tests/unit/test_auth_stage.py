@@ -10,7 +10,9 @@ import pytest
 from tests.zones.auth import DkimKey, make_key, message
 from tests.zones.fake_resolver import FakeResolver
 
+from quorum.auth.findings import AuthFindings
 from quorum.auth.settings import AuthSettings
+from quorum.auth.spf import SpfResult
 from quorum.auth.stage import AuthStage
 from quorum.message import Message
 from quorum.pipeline.stages import Action
@@ -84,7 +86,8 @@ def test_pass_adds_the_header_and_facts(dns: FakeResolver, key: DkimKey) -> None
     )
     assert "dmarc=pass" in header and "header.from=signed.test" in header
     assert ctx.log == {"spf": "pass", "dkim": "pass:signed.test", "dmarc": "pass(p=reject)"}
-    assert ctx.auth is not None and ctx.auth.spf is not None and ctx.auth.spf.result == "pass"
+    auth = ctx.results.get(AuthFindings)
+    assert auth is not None and auth.spf is not None and auth.spf.result == "pass"
     assert ctx.reply is None and not ctx.spam_flag
 
 
@@ -137,7 +140,8 @@ def test_authenticated_sender_gets_auth_pass_and_no_spf_or_dmarc(dns: FakeResolv
     ctx, _ = run(make(dns, dmarc_enforce="reject"), message("a@reject.test"), auth="alice")
     header = ar(ctx)
     assert header == "mx.quorum.test; auth=pass smtp.auth=alice; dkim=none"
-    assert ctx.reply is None and ctx.auth is not None and ctx.auth.spf is None
+    auth = ctx.results.get(AuthFindings)
+    assert ctx.reply is None and auth is not None and auth.spf is None
 
 
 def test_access_ok_skips_enforcement(dns: FakeResolver) -> None:
@@ -152,7 +156,8 @@ def test_spf_at_mail_is_computed_once_and_shared(dns: FakeResolver) -> None:
     s = new_txn()
     s.envelope.client_ip, s.envelope.sender, s.envelope.helo = GOOD, "bounce@none.test", "h.example"
     assert stage.mail_from(s) is None
-    assert s.spf is not None and s.spf.result == "pass"
+    spf = s.results.get(SpfResult)
+    assert spf is not None and spf.result == "pass" and s.log["spf"] == "pass"
     asked = len(dns.asked)
     ctx, _ = run(stage, message("a@none.test"), ip=GOOD, sender="bounce@none.test", s=s)
     assert ("none.test", "TXT") not in dns.asked[asked:]

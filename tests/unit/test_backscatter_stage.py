@@ -58,6 +58,10 @@ class FakeTxn:
 class Policy:
     backscatter: str = "reject"
 
+    @property
+    def extensions(self) -> dict[str, str]:
+        return {"backscatter": self.backscatter}
+
 
 @dataclass
 class Clock:
@@ -156,7 +160,9 @@ def test_bounce_for_a_recorded_message_is_accepted() -> None:
     stage, store = make(redis)
     store.record("<out-1@example.com>")
     t = txn("", rcpts=("alice@example.com",))
-    t.policy = Policy("reject")
+    t.tenant = Policy(  # type: ignore[assignment]
+        "reject"
+    )
     _, findings = run(stage, t, bounce_for("<out-1@example.com>"))
     assert findings.reply is None and findings.log["backscatter"] == "dsn-ok"
     assert redis.calls == ["SET", "EXISTS"]
@@ -167,7 +173,9 @@ def test_bounce_for_an_unknown_message_gets_the_domain_action(action: str) -> No
     redis = FakeRedis()
     stage, _ = make(redis)
     t = txn("", rcpts=("alice@example.com",))
-    t.policy = Policy(action)
+    t.tenant = Policy(  # type: ignore[assignment]
+        action
+    )
     _, findings = run(stage, t, bounce_for("<never-sent@example.com>"))
     if action == "reject":
         assert findings.reply.code == "550" and findings.reply.xcode == "5.7.1"
@@ -186,7 +194,9 @@ def test_redis_down_accepts_the_bounce() -> None:
     redis.down = True
     stage, _ = make(redis)
     t = txn("", rcpts=("alice@example.com",))
-    t.policy = Policy("reject")
+    t.tenant = Policy(  # type: ignore[assignment]
+        "reject"
+    )
     _, findings = run(stage, t, bounce_for("<x@example.com>"))
     assert findings.reply is None and findings.log["backscatter"] == "unchecked-redis-down"
 
@@ -196,7 +206,9 @@ def test_valid_prvs_recipient_is_accepted_and_rewritten() -> None:
     stage, _ = make(redis)
     tagged = batv.sign("alice@example.com", KEY)
     t = txn("", rcpts=(tagged,))
-    t.policy = Policy("reject")
+    t.tenant = Policy(  # type: ignore[assignment]
+        "reject"
+    )
     replies, findings = run(stage, t, bounce_for("<unknown@example.com>"))
     assert replies == [None] and findings.reply is None and findings.log["backscatter"] == "batv-ok"
     assert redis.calls == []  # the tag is proof enough
@@ -206,7 +218,9 @@ def test_valid_prvs_recipient_is_accepted_and_rewritten() -> None:
 def test_forged_prvs_recipient_is_refused_at_rcpt() -> None:
     stage, _ = make(FakeRedis())
     t = txn("", rcpts=("prvs=0123abcdef=alice@example.com",))
-    t.policy = Policy("reject")
+    t.tenant = Policy(  # type: ignore[assignment]
+        "reject"
+    )
     stage.mail_from(t)  # type: ignore[arg-type]
     reply = stage.rcpt(t, t.envelope.recipients[0])  # type: ignore[arg-type]
     assert reply is not None and reply.code == "550" and "forged BATV tag" in reply.text

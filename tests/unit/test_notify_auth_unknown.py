@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from quorum.auth.dmarc import DmarcResult
+from quorum.auth.findings import AuthFindings
 from quorum.auth.spf import SpfResult
 from quorum.message import Envelope, Message
 from quorum.notify.facts import NoticeFacts
@@ -15,7 +16,7 @@ from quorum.notify.guards import GUARDS, guard
 from quorum.notify.stage import AuthChecks, facts_of
 from quorum.pipeline.policy import Decision
 from quorum.pipeline.stages import Action, Outcome
-from quorum.pipeline.transaction import AuthFindings, Connection, Scan, Transaction
+from quorum.pipeline.transaction import Connection, Scan, Transaction
 
 BOTH = AuthChecks(spf=True, dmarc=True)
 SPF_PASS = SpfResult("pass", "mailfrom", "example.org", "alice@example.org")
@@ -27,14 +28,18 @@ def transaction(auth_user: str = "", client_ip: str = "192.0.2.9", spf: SpfResul
     macros = {"i": "4XyZ1A", **({"{auth_authen}": auth_user} if auth_user else {})}
     env = Envelope(client_ip, "mx.example.org", "mx.example.org", "alice@example.org", ["bob@example.com"], macros)
     txn = Transaction(Connection(client_ip), env)
-    txn.spf = spf
+    if spf is not None:
+        txn.results.put(spf, by="auth")
     return txn
 
 
 def outcome(auth: AuthFindings | None) -> Outcome:
     message = Message.from_bytes(b"From: alice@example.org\r\nSubject: x\r\n\r\nbody\r\n")
     decision = Decision(Action.REJECT, "virus")
-    return Outcome(Action.REJECT, None, decision, Scan(auth=auth), message=message)
+    scan = Scan()
+    if auth is not None:
+        scan.results.put(auth, by="auth")
+    return Outcome(Action.REJECT, None, decision, scan, message=message)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 from tests.harness.fake_engine import FakeEngine as FakeServer
 
-from quorum.assembly import parse_config
+from quorum.assembly import build_pipeline, parse_config
 from quorum.auth.spf import SpfResult
 from quorum.config import Config, Table
 from quorum.engines import ENGINE_TYPES, Engine, EngineError, ScanCall
@@ -109,9 +109,11 @@ def run(pool: ThreadPoolExecutor, cfg: Config, raw: bytes | None = None, spf: Sp
     env = Envelope("192.0.2.1", "client.example", "client.example", "alice@example.com", ["bob@example.org"])
     env.macros["i"] = "4ABCDEF"
     txn = Transaction(Connection(env.client_ip, env.client_name, env.helo), env)
-    txn.spf = spf
+    if spf is not None:
+        txn.results.put(spf, by="auth")
+        txn.log["spf"] = spf.result
     message = Message.from_bytes(raw or b"Subject: hi\r\nX-Quorum-Verdict: clean\r\n\r\nhello\r\n", env)
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     try:
         result = pipeline.check(txn, message)
         pipeline.finish(txn, message, result, result.edits.action, result.edits.reply)
@@ -379,7 +381,7 @@ def cascade_run(pool: ThreadPoolExecutor, cheap: str, combine: str = "any") -> R
     env = Envelope("192.0.2.1", "c.example", "c.example", "a@example.com", ["b@example.org"])
     txn = Transaction(Connection(env.client_ip), env)
     message = Message.from_bytes(b"Subject: hi\r\n\r\nhello\r\n", env)
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     pipeline.runners[0].cost, pipeline.runners[1].cost = 0.01, 0.3  # measured costs: "costly" goes last
     try:
         return pipeline.check(txn, message)
@@ -410,7 +412,7 @@ def test_cascade_off_by_default_asks_everyone(pool: ThreadPoolExecutor) -> None:
 
 
 def test_recipients_refused_at_rcpt_are_noted_on_the_transaction() -> None:
-    pipeline = Pipeline(config({}, milter={"max_recipients": 1}))
+    pipeline = build_pipeline(config({}, milter={"max_recipients": 1}))
     try:
         conn = Connection("192.0.2.1", "client.example", "client.example")
         txn = pipeline.begin(conn, "alice@example.com")
@@ -428,7 +430,7 @@ def test_recipients_refused_at_rcpt_are_noted_on_the_transaction() -> None:
 
 def _lone_clamav(address: str, **table: Any) -> tuple[Pipeline, Result]:
     cfg = parse_config({"engines": {"clamav": {"type": "clamav", "address": address, **table}}})
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     env = Envelope("192.0.2.1", "client.example", "client.example", "alice@example.com", ["bob@example.org"])
     txn = Transaction(Connection(env.client_ip, env.client_name, env.helo), env)
     message = Message.from_bytes(b"Subject: hi\r\n\r\nhello\r\n", env)
@@ -451,7 +453,7 @@ def test_a_lone_engine_scans_in_the_callers_thread_without_a_hand_off() -> None:
 def test_a_lone_engine_with_every_slot_taken_queues_on_its_pool() -> None:
     with FakeServer("reply", reply=b"stream: OK\0") as server:
         cfg = parse_config({"engines": {"clamav": {"type": "clamav", "address": server.address, "concurrency": 1}}})
-        pipeline = Pipeline(cfg)
+        pipeline = build_pipeline(cfg)
         runner = pipeline.runners[0]
         assert runner._slots.acquire(blocking=False)  # another session's scan holds the only slot
         threading.Timer(0.2, runner._slots.release).start()

@@ -62,13 +62,13 @@ def test_unauthenticated_sender_domain_is_not_counted_unless_spf_passed() -> Non
         assert stage.data(session()) is None  # could be forged: not counted
     for _ in range(2):
         s = session()
-        s.spf = spf("pass")
+        s.results.put(spf("pass"), by="auth")
         assert stage.data(s) is None
     s = session()
-    s.spf = spf("softfail")
+    s.results.put(spf("softfail"), by="auth")
     assert stage.data(s) is None  # not counted
     s = session()
-    s.spf = spf("pass")
+    s.results.put(spf("pass"), by="auth")
     assert stage.data(s) is not None  # the third trusted message
 
 
@@ -79,9 +79,9 @@ def test_give_back_when_not_delivered(action: Action, given_back: bool) -> None:
     stage, store, _ = make_stage(LIMITS)
     s = session(AUTH)
     assert stage.data(s) is None
-    assert isinstance(s.reservation, Reservation)
+    assert isinstance(s.results.get(Reservation), Reservation)
     stage.finished(s, Outcome(action))
-    assert s.reservation is None
+    assert s.results.get(Reservation) is None
     stage.finished(s, Outcome(action))  # twice: nothing more is given back
     assert (store.peek(["quorum:rl:sd:m1h:{example.com}"])[1] == [0]) is given_back
 

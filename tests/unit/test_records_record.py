@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
+from quorum.auth.findings import AuthFindings
 from quorum.auth.spf import SpfResult
 from quorum.message import Envelope
 from quorum.pipeline import replies
 from quorum.pipeline.policy import Decision
 from quorum.pipeline.stages import Action, Outcome
-from quorum.pipeline.transaction import RCPT_REFUSALS_KEPT, AuthFindings, Connection, Refusal, Scan, Transaction
+from quorum.pipeline.transaction import RCPT_REFUSALS_KEPT, Connection, Refusal, Scan, Transaction
 from quorum.ratelimit.buckets import Charge
 from quorum.ratelimit.limiter import Reservation
 from quorum.ratelimit.settings import Rule
@@ -26,7 +28,7 @@ def transaction() -> Transaction:
     env.macros.update({"i": "4ABC123", "{auth_authen}": "alice"})
     txn = Transaction(conn, env)
     rule = Rule("messages", 10, 3600.0)
-    txn.reservation = Reservation((Charge("client_ip", "192.0.2.7", rule, "k", 1),), "redis")
+    txn.results.put(Reservation((Charge("client_ip", "192.0.2.7", rule, "k", 1),), "redis"), by="ratelimit")
     return txn
 
 
@@ -38,7 +40,8 @@ def outcome() -> Outcome:
     ]
     d = Decision(Action.TAG, "spam", score=1.07, verdicts=verdicts, degraded=["spamassassin"], reasons=["spam by any"])
     spf = SpfResult("pass", "mailfrom", "example.net", "alice@example.net")
-    scan = Scan(auth=AuthFindings(spf=spf), log={"dkim": "none"})
+    scan = Scan(log={"dkim": "none"})
+    scan.results.put(AuthFindings(spf=spf), by="auth")
     return Outcome(Action.TAG, None, d, scan, 2048, 0.25)
 
 
@@ -140,7 +143,6 @@ def test_finished_submits_one_record() -> None:
 
 def test_spf_known_at_mail_from_is_recorded_when_the_scan_returned_none() -> None:
     txn = transaction()
-    txn.spf = SpfResult("fail", "mailfrom", "example.net", "alice@example.net")
-    ended = outcome()
-    ended.scan.auth = None
+    txn.results.put(SpfResult("fail", "mailfrom", "example.net", "alice@example.net"), by="auth")
+    ended = replace(outcome(), scan=Scan(log={"dkim": "none"}))
     assert record.from_outcome(txn, ended)["spf"] == "fail"

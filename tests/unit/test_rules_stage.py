@@ -26,7 +26,7 @@ def stage_and_txn(data: dict[str, object], rcpt: str = "u@c.test") -> tuple[Rule
     stage = RulesStage(config.feature("rules"), config.replies)
     txn = Transaction(Connection("192.0.2.1"), Connection("192.0.2.1").envelope())
     txn.envelope.recipients.append(rcpt)
-    txn.policy = TenantPolicies(config, listen=False).policy_for(rcpt)
+    txn.tenant = TenantPolicies(config, listen=False).policy_for(rcpt)
     return stage, txn
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import Milter
 import pytest
 
+from quorum import assembly
 from quorum.assembly import parse_config
 from quorum.pipeline.stages import Outcome, Stage
 from quorum.pipeline.transaction import Transaction
@@ -67,7 +68,7 @@ def app(tmp_path: Any) -> Iterator[tuple[App, Recorder]]:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     config = parse_config({"milter": {"tmpdir": str(spool_dir), "body_memory_limit": 1024, "max_headers": 10}})
-    application = App(config)
+    application = App(config, assembly)
     recorder = Recorder()
     application.pipeline.stages.append(recorder)
     Driven.app = application
@@ -135,7 +136,7 @@ def test_too_many_headers_is_refused_and_nothing_more_is_kept(app: tuple[App, Re
 
 
 def test_recipients_per_transaction_are_limited(tmp_path: Any) -> None:
-    application = App(parse_config({"milter": {"max_recipients": 3}}))
+    application = App(parse_config({"milter": {"max_recipients": 3}}), assembly)
     Driven.app = application
     try:
         m = Driven()

@@ -21,6 +21,7 @@ from quorum.config import ConfigError
 from quorum.service import privileges
 from quorum.service.privileges import PrivilegeError, check_identity
 from quorum.service.supervisor import Supervisor
+from quorum.worker import ARGV
 
 SERVE = "import sys\nfor line in sys.stdin:\n    if line.strip() == 'stop':\n        break\n"
 BAD_CONFIG = "raise SystemExit(2)"  # what the worker does when the file on disk is invalid
@@ -30,7 +31,7 @@ class Scripted(Supervisor):
     """Each spawn runs the next script instead of the milter worker."""
 
     def __init__(self, scripts: list[str], config_path: str | None = None) -> None:
-        super().__init__(config_path, stop_timeout=5, pid_file=None)
+        super().__init__(config_path, stop_timeout=5, pid_file=None, load_config=load_config, worker=ARGV)
         self.scripts = scripts
         self.spawned: list[tuple[float, subprocess.Popen[bytes]]] = []
 
@@ -243,7 +244,6 @@ def test_sighup_with_a_malformed_engine_type_keeps_the_supervisor(
 def test_sighup_survives_any_exception_of_the_loader(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from quorum.service import supervisor
 
     config = tmp_path / "quorum.toml"
     config.write_text("")
@@ -252,7 +252,7 @@ def test_sighup_survives_any_exception_of_the_loader(
     def broken(path: object) -> None:
         raise RuntimeError("a validator bug")
 
-    monkeypatch.setattr(supervisor, "load_config", broken)
+    monkeypatch.setattr(sup, "load_config", broken)
 
     def driver() -> None:
         wait_until(lambda: len(sup.spawned) == 1)

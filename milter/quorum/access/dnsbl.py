@@ -50,6 +50,9 @@ class DnsblCheck:
     listings: tuple[Listing, ...] = ()
     errors: tuple[str, ...] = ()  # "zone: reason"
 
+    def record_fields(self) -> dict[str, list[str]]:
+        return {"dnsbl": [f"{item.zone}:{item.action}" for item in self.listings]}
+
     @property
     def rejecting(self) -> Listing | None:
         return next((item for item in self.listings if item.action == "reject"), None)

@@ -35,16 +35,17 @@ from quorum.access.header_rules import HeaderRule, match, parse_rules
 from quorum.access.settings import AccessSettings, is_exempt
 from quorum.access.tables import AddressTable, ClientTable, TableFile
 from quorum.auth.resolver import Resolver
+from quorum.auth.spf import SpfResult
 from quorum.auth.trust import IPNetwork, trust_reason
 from quorum.message import Message, printable
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Reply, Stage
 from quorum.pipeline.transaction import AccessClass, Findings, Transaction
+from quorum.tenants import effective
 from quorum.verdict import Category, Status, Verdict
 
 if TYPE_CHECKING:
     from quorum.auth.dkim import DkimResult
-    from quorum.auth.spf import SpfResult
 
 OK = "ok"
 SENDER_OK = "sender_ok"  # OK from the sender table only: honoured once the envelope sender is verified
@@ -149,7 +150,7 @@ class AccessStage(Stage):
 def _ok_at_rcpt(txn: Transaction, recipient: str) -> bool:
     """An "ok" recipient, or a "sender_ok" one whose sender SPF already verified (`spf_at = "mail"`)."""
     name = txn.access_class(recipient).name
-    return name == OK or (name == SENDER_OK and sender_verified(txn, txn.spf, None) == "spf")
+    return name == OK or (name == SENDER_OK and sender_verified(txn, txn.results.get(SpfResult), None) == "spf")
 
 
 class _Inline(Executor):
@@ -185,7 +186,8 @@ class DnsblStage(Stage):
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quorum-dnsbl")
 
     def _skip(self, txn: Transaction) -> bool:
-        if txn.policy is not None and not txn.policy.dnsbl:
+        tenant = effective(txn)
+        if tenant is not None and not tenant.dnsbl:
             return True  # `[domains."d"] dnsbl = false`
         return bool(trust_reason(txn.envelope, self.trusted_networks)) or not txn.envelope.client_ip
 
@@ -231,7 +233,8 @@ class DnsblStage(Stage):
         if self._skip(txn):
             return None
         result = self._check(txn, deadline)
-        found = Findings(self.name, dnsbl=result)
+        found = Findings(self.name)
+        found.results.put(result, by=self.name)
         found.log.update(result.log_fields())
         if txn.access_class().name == OK:
             return found

@@ -3,15 +3,13 @@ inbound copies forged with our authserv-id (those are removed; other ADMDs' head
 
 from __future__ import annotations
 
-import email.errors
-import email.header
 import re
-import unicodedata
 
 import authres
 import authres.core
 import authres.dmarc
 
+from quorum.auth.authserv import normalise_id
 from quorum.auth.dkim import DkimResult
 from quorum.auth.dmarc import DmarcResult
 from quorum.auth.spf import SpfResult
@@ -94,11 +92,6 @@ def header_value(
 
 _TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)"?|([^\s;()"]+)', re.S)
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
-_SEPARATORS = re.compile(r"[\s;()\"]+")
-_IGNORABLE = re.compile(
-    r"[\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8]+"
-)
 
 
 def _skip_cfws(value: bytes, pos: int) -> int:
@@ -117,20 +110,6 @@ def _skip_cfws(value: bytes, pos: int) -> int:
             return pos
         pos += 1
     return pos
-
-
-def normalise_id(text: str) -> str:
-    """An authserv-id as a lenient consumer may read it: encoded-words decoded, Unicode compatibility
-    forms folded (NFKC), invisible and space characters (NBSP, zero-width, bidi controls) taken as
-    separators, the first word kept, case folded, a trailing root dot dropped."""
-    if "=?" in text:
-        try:
-            text = str(email.header.make_header(email.header.decode_header(text)))
-        except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
-            pass
-    text = _IGNORABLE.sub(" ", unicodedata.normalize("NFKC", text))
-    words = [w for w in _SEPARATORS.split(text) if w]
-    return words[0].rstrip(".").casefold() if words else ""
 
 
 def claimed_authserv_id(raw_value: bytes) -> str:

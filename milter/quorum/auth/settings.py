@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from quorum.auth.authserv import normalise_id
 from quorum.config.fields import Table
 
 SPF_AT = ("eom", "mail")
@@ -78,8 +79,6 @@ def parse_dns(t: Table) -> DnsSettings:
 
 
 def parse_upstream_ids(t: Table, own: str) -> tuple[str, ...]:
-    from quorum.auth.results import normalise_id
-
     ids: list[str] = []
     items: list[str] = t.str_list("trusted_upstream_authserv_ids", [])
     for item in items:

@@ -61,6 +61,13 @@ class SpfResult:
     client_ip: str = ""
 
     @property
+    def passed(self) -> bool:
+        return self.result == "pass"
+
+    def record_fields(self) -> dict[str, str]:
+        return {"spf": self.result}  # at MAIL FROM (spf_at = "mail"): known even if the scan ended first
+
+    @property
     def comment(self) -> str:
         """A short human note for the A-R header."""
         verbs = {

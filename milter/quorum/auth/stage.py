@@ -5,7 +5,7 @@ When each check runs:
 - SPF needs the client IP, HELO and MAIL FROM. With `spf_at = "eom"` (default) it runs in
   `examine`, in parallel with the content engines, so the SMTP dialogue never waits on DNS. With
   `spf_at = "mail"` it runs at MAIL FROM (the dialogue waits) and is recorded on the transaction
-  (`txn.spf`) so that stages running at RCPT/DATA (rate limits by sender domain) can use it.
+  (its SpfResult in `txn.results`) so that stages running at RCPT/DATA (rate limits by sender domain) can use it.
 - DKIM and DMARC need the message: `examine` only. DKIM is skipped above `dkim_max_size`
   (memory stays bounded; every signature then reads `neutral`) and on a message whose body was
   not stored whole (over max_message_size with on_oversize = "accept"): a truncated message is
@@ -32,6 +32,7 @@ from quorum.access.stage import OK, SENDER_OK, sender_domain, sender_verified
 from quorum.auth import results
 from quorum.auth.dkim import DkimResult, not_verified, signature_headers, verify_dkim
 from quorum.auth.dmarc import DmarcResult, evaluate
+from quorum.auth.findings import AuthFindings
 from quorum.auth.resolver import Resolver
 from quorum.auth.settings import AuthSettings
 from quorum.auth.spf import SpfResult, check_spf
@@ -40,7 +41,8 @@ from quorum.config.model import ReplyTexts
 from quorum.message import Envelope, Message, SpoolClosed
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Stage
-from quorum.pipeline.transaction import AuthFindings, Findings, Transaction
+from quorum.pipeline.transaction import Findings, Transaction
+from quorum.tenants import effective
 from quorum.verdict import Category, Status, Verdict
 
 log = logging.getLogger("quorum.auth")
@@ -67,19 +69,22 @@ class AuthStage(Stage):
     def mail_from(self, txn: Transaction) -> None:
         env = txn.envelope
         if self.settings.spf and self.settings.spf_at == "mail" and not env.auth_user and env.client_ip:
-            txn.spf = self._spf(env, time.monotonic() + min(20.0, 4 * self.resolver.settings.timeout))
+            spf = self._spf(env, time.monotonic() + min(20.0, 4 * self.resolver.settings.timeout))
+            txn.results.put(spf, by=self.name)
+            txn.log["spf"] = spf.result  # known even when a verdict ends the scan before this stage's check
         return None
 
     def enforces(self, txn: Transaction) -> bool:
         """Only DMARC enforcement can refuse or hold: an unfinished check without it loses the
         Authentication-Results header, not a decision."""
         s = self.settings
-        enforce = txn.policy.dmarc_enforce if txn.policy is not None else s.dmarc_enforce
+        enforce = tenant.dmarc_enforce if (tenant := effective(txn)) is not None else s.dmarc_enforce
         env = txn.envelope
         return s.dmarc and enforce != "off" and not env.auth_user and not trust_reason(env, s.trusted_networks)
 
     def complete(self, txn: Transaction, findings: Findings) -> bool:
-        dmarc = findings.auth.dmarc if findings.auth is not None else None
+        auth = findings.results.get(AuthFindings)
+        dmarc = auth.dmarc if auth is not None else None
         return dmarc is None or dmarc.result != "temperror"
 
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings:
@@ -102,7 +107,7 @@ class AuthStage(Stage):
         trust = trust_reason(env, s.trusted_networks)
         spf: SpfResult | None = None
         if s.spf and not env.auth_user and env.client_ip:
-            spf = txn.spf or self._spf(env, deadline)
+            spf = txn.results.get(SpfResult) or self._spf(env, deadline)
         dkim: list[DkimResult] | None = None
         if s.dkim:
             if message.truncated:
@@ -127,7 +132,7 @@ class AuthStage(Stage):
                 if sender_ok
                 else f"none({txn.access_class().source}: sender OK ignored, sender not verified)"
             )
-        found.auth = AuthFindings(spf, tuple(dkim) if dkim is not None else None, dmarc)
+        found.results.put(AuthFindings(spf, tuple(dkim) if dkim is not None else None, dmarc), by=self.name)
         found.headers.append((results.HEADER, results.header_value(self.authserv_id, spf, dkim, dmarc, env.auth_user)))
         self._log(found, spf, dkim, dmarc, trust)
         if (
@@ -171,7 +176,7 @@ class AuthStage(Stage):
 
     def _enforce(self, txn: Transaction, ctx: Findings, dmarc: DmarcResult, trust: str, sender_ok: str = "") -> None:
         s = self.settings
-        enforce = txn.policy.dmarc_enforce if txn.policy is not None else s.dmarc_enforce
+        enforce = tenant.dmarc_enforce if (tenant := effective(txn)) is not None else s.dmarc_enforce
         if dmarc.result != "fail" or dmarc.testing or enforce == "off":
             return
         if dmarc.policy not in ("quarantine", "reject"):
@@ -184,7 +189,7 @@ class AuthStage(Stage):
             return
         if dmarc.policy == "reject" and enforce == "reject":
             ctx.log["dmarc_action"] = "reject"
-            texts = txn.policy.replies if txn.policy is not None else self.texts
+            texts = txn.tenant.replies if txn.tenant is not None else self.texts
             ctx.decide(replies.dmarc(texts, dmarc.header_from), f"dmarc=fail {dmarc.policy_tag}=reject")
             return
         ctx.log["dmarc_action"] = "hold" if s.dmarc_quarantine_action == "hold" else "quarantine"

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,12 +72,7 @@ class BackscatterStage(Stage):
     # -- per-domain action --------------------------------------------------------------------------
     def domain_action(self, txn: Transaction, domain: str) -> str:
         """`[domains."d"] backscatter` from the transaction's effective policy, else `[backscatter] action`."""
-        policy = txn.policy
-        extensions = getattr(policy, "extensions", None)
-        if isinstance(extensions, Mapping):
-            value = extensions.get("backscatter")
-        else:
-            value = getattr(policy, "backscatter", None)
+        value = txn.tenant.extensions.get("backscatter") if txn.tenant is not None else None
         return value if isinstance(value, str) and value in ACTIONS else self.settings.action
 
     # -- hooks ----------------------------------------------------------------------------------------

@@ -101,6 +101,8 @@ class Engine:
 
     type_name: ClassVar[str] = ""
     category: ClassVar[Category] = Category.ANTIVIRUS
+    # What an answered scan costs until measured (seconds): the cascade orders engines by it.
+    prior_cost: ClassVar[float] = 0.05
     default_max_size: ClassVar[int] = 25 * 1024 * 1024
     # True when `scan` returns by the call's deadline whatever the engine does: all its I/O on the
     # shared transport under the ScanCall, to an address that needs no name lookup (getaddrinfo

@@ -65,6 +65,7 @@ LIMITS_PREFIX = "Heuristics.Limits.Exceeded"  # what clamd (AlertExceedsMax) nam
 class ClamAV(Engine):
     type_name = "clamav"
     category = Category.ANTIVIRUS
+    prior_cost = 0.002
 
     @classmethod
     def parse_options(cls, table: Table) -> dict[str, Any]:

@@ -48,6 +48,7 @@ SCORE_ACTIONS = frozenset({"soft reject", "greylist"})
 class Rspamd(Engine):
     type_name = "rspamd"
     category = Category.ANTISPAM
+    prior_cost = 0.01
 
     @classmethod
     def parse_options(cls, table: Table) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class SpamdReply:
 class SpamAssassin(Engine):
     type_name = "spamassassin"
     category = Category.ANTISPAM
+    prior_cost = 0.3  # about 30x rspamd
     default_max_size = 512 * 1024  # spamc's own default (500 KB): SpamAssassin gets slow on big bodies
 
     def __init__(self, settings: EngineSettings) -> None:

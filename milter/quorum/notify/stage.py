@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 
+from quorum.auth.findings import AuthFindings, spf_of
 from quorum.message import Message
 from quorum.notify.facts import NoticeFacts
 from quorum.notify.notifier import Notifier
@@ -53,8 +54,8 @@ def facts_of(txn: Transaction, outcome: Outcome, message: Message, checks: AuthC
     env = txn.envelope
     d = outcome.decision
     scan = outcome.scan
-    auth = scan.auth if scan is not None else None
-    spf = auth.spf if auth is not None and auth.spf is not None else txn.spf  # txn.spf: spf_at = "mail"
+    auth = scan.results.get(AuthFindings) if scan is not None else None
+    spf = spf_of(txn, scan)  # the scan's, else the one of MAIL FROM (spf_at = "mail")
     dmarc = auth.dmarc if auth is not None else None
     # Authenticated sessions are not checked (their sender is ours); otherwise a check that is
     # configured but has no result was cut short when the verdict settled early.
@@ -74,7 +75,7 @@ def facts_of(txn: Transaction, outcome: Outcome, message: Message, checks: AuthC
         virus_names=tuple(dict.fromkeys(n for v in (d.verdicts if d else []) for n in v.names)),
         rule=rule,
         reason="; ".join(d.reasons) if d else "",
-        tenant=(txn.policy.domain or "") if txn.policy is not None else "",
+        tenant=(txn.tenant.domain or "") if txn.tenant is not None else "",
         spf=spf.result if spf is not None else "",
         dmarc=dmarc.result if dmarc is not None else "",
         header_summary=tuple((h.name, h.value) for h in message.headers if h.name.lower() in SUMMARY),
@@ -99,7 +100,7 @@ class NotifyStage(Stage):
         self.checks = checks
 
     def finished(self, txn: Transaction, outcome: Outcome) -> None:
-        policy = txn.policy.extensions.get("notify") if txn.policy is not None else None
+        policy = txn.tenant.extensions.get("notify") if txn.tenant is not None else None
         if not isinstance(policy, DomainNotify) or outcome.message is None:
             return
         event = event_of(outcome)

@@ -17,16 +17,15 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from quorum.message import Header, Message
 from quorum.pipeline import replies
+from quorum.pipeline.answer import Action, Reply
 from quorum.pipeline.headers import sanitise_header
-from quorum.pipeline.stages import Action, Reply
 
 if TYPE_CHECKING:
     from quorum.pipeline.output import Edits
-    from quorum.pipeline.stages import Stage
     from quorum.pipeline.transaction import Transaction
 
 log = logging.getLogger("quorum.pipeline")
@@ -73,7 +72,15 @@ class FinalMessage:
         self._headers[:0] = [_header(name, value) for name, value in headers]
 
 
-def run(stages: Sequence[Stage], txn: Transaction, message: Message, edits: Edits) -> tuple[Edits, list[str]]:
+class Amender(Protocol):
+    """A stage that overrides `Stage.amend`."""
+
+    name: str
+
+    def amend(self, txn: Transaction, final: FinalMessage) -> Amendment | None: ...
+
+
+def run(stages: Sequence[Amender], txn: Transaction, message: Message, edits: Edits) -> tuple[Edits, list[str]]:
     """`edits` with every stage's amendment applied (or a refusal), and the stages' notes."""
     final = FinalMessage(message, edits)
     added: list[tuple[str, str]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from quorum.pipeline.stages import Action
+from quorum.pipeline.answer import Action
 from quorum.verdict import Verdict
 
 if TYPE_CHECKING:

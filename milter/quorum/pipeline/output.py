@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quorum.message import Message
+from quorum.pipeline.answer import Action, HeaderPredicate, Reply
 from quorum.pipeline.headers import headers_to_add, is_ours, sanitise_header, sanitise_reply
 from quorum.pipeline.policy import Decision
-from quorum.pipeline.stages import Action, HeaderPredicate, Reply
 from quorum.pipeline.transaction import Scan, Transaction
 
 DELIVERED = (Action.ACCEPT, Action.TAG, Action.QUARANTINE)

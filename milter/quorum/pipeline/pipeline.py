@@ -4,6 +4,10 @@ Flow per transaction: `begin` at MAIL FROM, the SMTP-stage hooks, then at end-of
 (fan-out, one decision, one `Edits`), then `finish` once the milter applied the edits (or failed
 to), which tells the stages, logs one line and counts it. `abort` ends a transaction that never
 reached end-of-data.
+
+The pipeline knows no feature: the composition root (`quorum.assembly.build_pipeline`) builds its
+`Parts` from the config (engine runners, every feature's stages, the tenant directory, the JSON
+log line) and hands them over.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from quorum import metrics
-from quorum.assembly import build_runners, build_stages
 from quorum.config.model import Config
 from quorum.message import Message, printable
 from quorum.pipeline import amend, output, replies
@@ -24,11 +27,9 @@ from quorum.pipeline.output import Edits
 from quorum.pipeline.policy import Decision, Policy
 from quorum.pipeline.runner import EngineRunner
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
+from quorum.pipeline.tenancy import TenantDirectory, TenantPolicy
 from quorum.pipeline.transaction import Connection, Refusal, Scan, Transaction
-from quorum.records.format import json_line
-from quorum.tenants import EffectivePolicy, TenantPolicies
 from quorum.verdict import Category
-from quorum.verdictcache.feature import make_cache
 
 log = logging.getLogger("quorum.pipeline")
 msglog = logging.getLogger("quorum.message")
@@ -46,17 +47,44 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Parts:
+    """What the composition root builds from the config for one pipeline."""
+
+    runners: list[EngineRunner]
+    stages: list[Stage]  # every feature's, in the order their hooks run
+    tenants: TenantDirectory  # the policy of each recipient domain
+    json_line: Callable[[Transaction, Outcome, list[str]], str]  # `[milter] log_format = "json"`
+    closers: list[Callable[[], None]] = field(default_factory=list)  # shared resources (the verdict cache's Redis)
+
+    def close(self) -> None:
+        for close in (self.tenants.close, *self.closers):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing a pipeline part failed", exc_info=True)
+        for runner in self.runners:
+            try:
+                runner.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing engine %s failed", runner.name, exc_info=True)
+        for stage in self.stages:
+            try:
+                stage.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing stage %s failed", stage.name, exc_info=True)
+
+
 class Pipeline:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, parts: Parts) -> None:
         self.config = config
-        cache_settings = config.feature("verdict_cache")
-        self.cache = make_cache(cache_settings) if cache_settings is not None else None
-        self.runners = build_runners(config, self.cache)
-        self.stages: list[Stage] = build_stages(config)
+        self.parts = parts
+        self.runners = parts.runners
+        self.stages = parts.stages
+        self.tenants = parts.tenants
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
         self.amenders = [s for s in self.stages if type(s).amend is not Stage.amend]  # post-decision hook
         self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
-        self.tenants = TenantPolicies(config)
         self._policies: dict[str, Policy] = {}
 
     # -- SMTP-time hooks: first Reply wins; a failing stage is logged and skipped. -------------
@@ -97,30 +125,30 @@ class Pipeline:
             metrics.LIMITS_HIT.labels("recipients").inc()
             txn.refused_recipient(Refusal("limits", "rcpt", replies.TOO_MANY_RECIPIENTS, recipient=recipient))
             return replies.TOO_MANY_RECIPIENTS
-        policy = self.tenants.policy_for(recipient)
-        first = txn.policy is None or not txn.envelope.recipients
-        if not first and txn.policy is not None and not txn.policy.same_policy(policy):
+        tenant = self.tenants.policy_for(recipient)
+        first = txn.tenant is None or not txn.envelope.recipients
+        if not first and txn.tenant is not None and txn.tenant.fingerprint != tenant.fingerprint:
             log.info(
                 "qid=%s recipient <%s> has another policy (%s) than the transaction (%s): 452 4.5.3",
                 txn.envelope.queue_id or "-",
                 printable(recipient),
-                policy.domain or "global",
-                txn.policy.domain or "global",
+                tenant.domain or "global",
+                txn.tenant.domain or "global",
             )
             txn.refused_recipient(Refusal("tenants", "rcpt", replies.SEPARATE_TRANSACTION, recipient=recipient))
             return replies.SEPARATE_TRANSACTION
         if first:
-            txn.policy = policy  # visible to the stages' rcpt hooks (DNSBL on/off per domain)
+            txn.tenant = tenant  # visible to the stages' rcpt hooks (DNSBL on/off per domain)
         reply = self.hook("rcpt", txn, recipient)
         if reply is None:
             txn.envelope.recipients.append(recipient)
         elif first:
-            txn.policy = None
+            txn.tenant = None
         return reply
 
-    def policy_of(self, txn: Transaction) -> tuple[EffectivePolicy, Policy]:
-        """The transaction's effective policy and its decision rules (built once per fingerprint)."""
-        effective = txn.policy or self.tenants.global_policy
+    def policy_of(self, txn: Transaction) -> tuple[TenantPolicy, Policy]:
+        """The transaction's tenant policy and its decision rules (built once per fingerprint)."""
+        effective = txn.tenant or self.tenants.global_policy
         rules = self._policies.get(effective.fingerprint)
         if rules is None:
             rules = Policy(
@@ -176,8 +204,8 @@ class Pipeline:
         if effective.bypass and decision.action in output.DELIVERED:
             decision.label = "unchecked"
             decision.reasons.append(f"content scanning bypassed for {effective.domain or 'this domain'}")
-        if txn.spf is not None:  # spf_at = "mail": known even when a verdict ended the scan before auth
-            found.scan.log.setdefault("spf", txn.spf.result)
+        for key, value in txn.log.items():  # SMTP-time facts (spf at MAIL FROM), unless the scan has newer
+            found.scan.log.setdefault(key, value)
         if effective.domain:
             found.scan.log["tenant"] = effective.domain
         edits = output.plan(decision, found.scan, message, self.removals, txn)
@@ -205,12 +233,12 @@ class Pipeline:
             txn.open = False
             self._notify("finished", txn, ended)
         if self.config.milter.log_format == "json":
-            msglog.info("%s", json_line(txn, ended, result.notes))
+            msglog.info("%s", self.parts.json_line(txn, ended, result.notes))
         else:
             self._log(txn, size, result, reply)
         if result.edits.quarantine and outcome is Action.QUARANTINE:
             msglog.warning("qid=%s quarantined: %s", txn.envelope.queue_id or "-", result.edits.quarantine)
-        tenant = txn.policy.domain if txn.policy is not None else None
+        tenant = txn.tenant.domain if txn.tenant is not None else None
         metrics.observe(d.label, str(outcome), d.verdicts, result.elapsed, tenant=tenant)
 
     def _log(self, txn: Transaction, size: int, result: Result, reply: Reply | None) -> None:
@@ -240,9 +268,7 @@ class Pipeline:
         )
 
     def close(self) -> None:
-        close_parts(self.runners, self.stages, self.stage_pool, self.tenants)
-        if self.cache is not None:
-            self.cache.store.close()
+        close_parts(self.parts, self.stage_pool)
 
 
 def expensive(runners: list[EngineRunner], factor: float = 3.0) -> list[EngineRunner]:
@@ -272,22 +298,7 @@ def refused(reply: Reply, label: str, reason: str) -> Result:
     return Result(decision, Scan(), Edits(reply.action, reply))
 
 
-def close_parts(
-    runners: list[EngineRunner], stages: list[Stage], stage_pool: ThreadPoolExecutor, tenants: TenantPolicies
-) -> None:
+def close_parts(parts: Parts, stage_pool: ThreadPoolExecutor) -> None:
     """Release engines', stages' and pools' resources (also used on a replaced pipeline, see App.reload)."""
-    try:
-        tenants.close()
-    except Exception:  # noqa: BLE001
-        log.debug("closing the tenant store failed", exc_info=True)
-    for runner in runners:
-        try:
-            runner.close()
-        except Exception:  # noqa: BLE001
-            log.debug("closing engine %s failed", runner.name, exc_info=True)
-    for stage in stages:
-        try:
-            stage.close()
-        except Exception:  # noqa: BLE001
-            log.debug("closing stage %s failed", stage.name, exc_info=True)
+    parts.close()
     stage_pool.shutdown(wait=False, cancel_futures=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from quorum.config.model import EngineSettings, PolicySettings, ReplyTexts
 from quorum.pipeline import replies
-from quorum.pipeline.stages import Action, Reply
+from quorum.pipeline.answer import Action, Reply
 from quorum.pipeline.transaction import Scan
 from quorum.verdict import LIMITS_EXCEEDED, Category, Status, Verdict
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from quorum.config.model import REPLY_PLACEHOLDERS as PLACEHOLDERS
 from quorum.config.model import ReplyTexts
-from quorum.pipeline.stages import Action, Reply
+from quorum.pipeline.answer import Action, Reply
 
 INTERNAL_ERROR = Reply.tempfail("451", "4.3.0", "internal error, please try again later")
 BODY_NOT_STORED = Reply.tempfail("451", "4.3.0", "message could not be stored for scanning, please try again later")

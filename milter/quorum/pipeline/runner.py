@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from quorum import metrics
 from quorum.engines.base import Engine, EngineError, ScanCall
@@ -26,26 +26,27 @@ from quorum.message import Message
 from quorum.pipeline.breaker import BreakerState, CircuitBreaker
 from quorum.verdict import Category, Status, Verdict
 
-if TYPE_CHECKING:
-    from quorum.verdictcache.cached import CachedScan
-
 log = logging.getLogger("quorum.engines")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 # A call that started with less than this share of the budget it was submitted with (it queued
 # behind other calls of its engine) is not a fair trial: its timeout does not count as a failure.
 FAIR_SHARE = 0.5
-# What an answered scan costs until measured (seconds): the cascade orders engines by it.
-PRIOR_COST = {"clamav": 0.002, "rspamd": 0.01, "spamassassin": 0.3}
+
+
+class ScanCache(Protocol):
+    """Answers an antivirus scan from known verdicts, else calls the engine (the verdict cache feature)."""
+
+    def scan(self, engine: Engine, message: Message, call: ScanCall) -> Verdict: ...
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine, cache: CachedScan | None = None) -> None:
+    def __init__(self, engine: Engine, cache: ScanCache | None = None) -> None:
         self.engine = engine
         self.cache = cache if engine.category is Category.ANTIVIRUS else None  # spam verdicts: never
         s = engine.settings
         self.settings = s
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown)
-        self.cost = PRIOR_COST.get(s.type, 0.05)  # seconds per answered scan, EWMA (cascade order)
+        self.cost = engine.prior_cost  # seconds per answered scan, EWMA (cascade order)
         self.executor = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix=f"quorum-{engine.name}")
         self._slots = threading.BoundedSemaphore(s.concurrency)  # scans running now, pooled or inline
 

@@ -5,46 +5,18 @@ at end-of-data (SPF/DKIM/DMARC, rules). A stage never talks to Postfix itself: a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING
+
+from quorum.pipeline.answer import Action, HeaderPredicate, Reply
+
+__all__ = ["Action", "HeaderPredicate", "Outcome", "Reply", "Stage"]
 
 if TYPE_CHECKING:
     from quorum.message import Message
     from quorum.pipeline.amend import Amendment, FinalMessage
     from quorum.pipeline.policy import Decision
     from quorum.pipeline.transaction import Connection, Findings, Scan, Transaction
-
-
-class Action(StrEnum):
-    ACCEPT = "accept"
-    TAG = "tag"
-    QUARANTINE = "quarantine"
-    REJECT = "reject"
-    DISCARD = "discard"
-    TEMPFAIL = "tempfail"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An SMTP answer: `Reply.reject("554", "5.7.1", "...")`. Text is sanitised when sent."""
-
-    action: Action
-    code: str = ""
-    xcode: str = ""
-    text: str = ""
-
-    @classmethod
-    def reject(cls, code: str, xcode: str, text: str) -> Reply:
-        return cls(Action.REJECT, code, xcode, text)
-
-    @classmethod
-    def tempfail(cls, code: str, xcode: str, text: str) -> Reply:
-        return cls(Action.TEMPFAIL, code, xcode, text)
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.xcode} {self.text}".strip() if self.code else str(self.action)
 
 
 @dataclass(frozen=True)
@@ -60,9 +32,6 @@ class Outcome:
     size: int = 0
     elapsed: float = 0.0
     message: Message | None = None  # headers only are safe to keep: the body is released right after
-
-
-HeaderPredicate = Callable[[bytes], bool]
 
 
 class Stage:

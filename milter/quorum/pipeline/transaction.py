@@ -1,9 +1,10 @@
 """The one owner of per-message state: a `Transaction`, created at MAIL FROM.
 
-A transaction carries the envelope, the effective policy (fixed by the first accepted recipient),
-and the typed results the SMTP-time hooks recorded. Hooks run in the milter thread and may set
-those typed fields; end-of-data checks run in worker threads and never write here: they *return*
-`Findings`, which the pipeline merges into one `Scan` in the milter thread. A check that outlives
+A transaction carries the envelope, the tenant policy (fixed by the first accepted recipient),
+and the typed results the SMTP-time hooks recorded (`results`, one slot per result type, each
+written by the one stage that owns it). Hooks run in the milter thread; end-of-data checks run in
+worker threads and never write here: they *return* `Findings` (with results of their own), which
+the pipeline merges into one `Scan` in the milter thread. A check that outlives
 its fan-out (deadline, early exit) has its findings dropped and counted, so nothing a late task
 does can reach the next transaction.
 """
@@ -17,17 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from quorum.message import Envelope
-from quorum.pipeline.stages import Action, Reply
+from quorum.pipeline.answer import Action, Reply
+from quorum.pipeline.results import Results
 from quorum.verdict import Verdict
 
 if TYPE_CHECKING:
-    from quorum.access.dnsbl import DnsblCheck
-    from quorum.auth.dkim import DkimResult
-    from quorum.auth.dmarc import DmarcResult
-    from quorum.auth.spf import SpfResult
-    from quorum.ratelimit.limiter import Reservation
-    from quorum.rules import RuleResult
-    from quorum.tenants import EffectivePolicy
+    from quorum.pipeline.tenancy import TenantPolicy
 
 _IDS = itertools.count(1)
 _PREFIX = f"{os.getpid():x}"
@@ -79,11 +75,11 @@ class Transaction:
     connection: Connection
     envelope: Envelope
     id: str = field(default_factory=lambda: f"{_PREFIX}.{next(_IDS)}")
-    policy: EffectivePolicy | None = None
+    tenant: TenantPolicy | None = None  # set by the pipeline at the first accepted recipient
     # Set by SMTP-time hooks in the milter thread:
-    spf: SpfResult | None = None  # SPF evaluated at MAIL FROM (auth.spf_at = "mail")
+    results: Results = field(default_factory=Results)  # each stage's own typed results (SPF at MAIL, ...)
+    log: dict[str, str] = field(default_factory=dict)  # SMTP-time facts for the log line (spf=pass)
     access: dict[str, AccessClass] = field(default_factory=dict)  # lower-cased recipient -> class
-    reservation: Reservation | None = None  # rate-limit reservation to give back if not sent
     sender_rewrite: str | None = None  # new envelope sender (BATV signing), applied at end-of-message
     recipient_rewrites: dict[str, str] = field(default_factory=dict)  # recipient as received -> replacement
     refusal: Refusal | None = None  # the first refusal at MAIL FROM or DATA
@@ -104,16 +100,6 @@ class Transaction:
             recipient = self.envelope.recipients[0]
         return self.access.get(recipient.lower(), AccessClass())
 
-    def spf_passed(self) -> bool:
-        return self.spf is not None and self.spf.result == "pass"
-
-
-@dataclass(frozen=True)
-class AuthFindings:
-    spf: SpfResult | None = None
-    dkim: tuple[DkimResult, ...] | None = None
-    dmarc: DmarcResult | None = None
-
 
 @dataclass
 class Findings:
@@ -124,6 +110,8 @@ class Findings:
     - `spam_flag`: treat as spam whatever the engines say.  `hold`: put it in the hold queue.
     - `reply` (+ `reply_reason`): a final answer (DMARC p=reject, a header rule); the first stage's wins.
     - `headers`: headers to add.  `log`: key=value facts for the log line and `quorum scan`.
+    - `results`: the stage's typed results (SPF/DKIM/DMARC, DNSBL listings, rule hits), for the
+      stages' `finished` hooks and the session record.
     """
 
     stage: str = ""
@@ -136,9 +124,7 @@ class Findings:
     reasons: list[str] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
     log: dict[str, str] = field(default_factory=dict)
-    auth: AuthFindings | None = None
-    dnsbl: DnsblCheck | None = None
-    rules: RuleResult | None = None
+    results: Results = field(default_factory=Results)
 
     def decide(self, reply: Reply, reason: str) -> None:
         if self.reply is None:
@@ -168,9 +154,7 @@ class Scan(Findings):
             scan.reasons.extend(f.reasons)
             scan.headers.extend(f.headers)
             scan.log.update(f.log)
-            scan.auth = f.auth or scan.auth
-            scan.dnsbl = f.dnsbl or scan.dnsbl
-            scan.rules = f.rules or scan.rules
+            scan.results.update(f.results)
         return scan
 
     def decide(self, reply: Reply, reason: str) -> None:

@@ -28,6 +28,19 @@ class Reservation:
     charges: tuple[Charge, ...]
     source: str
 
+    def record_fields(self) -> dict[str, dict[str, object]]:
+        return {"ratelimit": {"source": self.source, "buckets": sorted({c.kind for c in self.charges})}}
+
+
+@dataclass(frozen=True)
+class RateRefusal:
+    """The transaction was refused at DATA by this bucket kind (for the session record)."""
+
+    kind: str
+
+    def record_fields(self) -> dict[str, dict[str, str]]:
+        return {"ratelimit": {"refused": self.kind}}
+
 
 @dataclass(frozen=True)
 class Decision:

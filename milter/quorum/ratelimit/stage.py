@@ -3,7 +3,7 @@
 At DATA every recipient is known and no content has been transferred, so refusing there is
 cheap for both sides. The sender domain is counted only when it cannot be forged to burn
 someone else's quota: the session authenticated (SMTP AUTH) or SPF passed. The SPF result is the
-one the auth stage recorded on the transaction at MAIL FROM (`txn.spf`, with spf_at = "mail");
+one the auth stage recorded on the transaction at MAIL FROM (its SpfResult in `txn.results`, with spf_at = "mail");
 when it is absent (auth feature off, SPF not evaluated yet) SPF counts as not passed, and such
 mail is limited by client IP and recipient domain only.
 """
@@ -14,12 +14,13 @@ import logging
 import math
 
 from quorum import metrics
+from quorum.auth.spf import SpfResult
 from quorum.message import Envelope, Message, printable
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
-from quorum.pipeline.transaction import Connection, Findings, Refusal, Transaction
+from quorum.pipeline.transaction import Connection, Findings, Transaction
 from quorum.ratelimit.buckets import Planner
-from quorum.ratelimit.limiter import Decision, Limiter
+from quorum.ratelimit.limiter import Decision, Limiter, RateRefusal, Reservation
 from quorum.ratelimit.settings import RateLimitSettings
 
 log = logging.getLogger("quorum.ratelimit")
@@ -43,34 +44,35 @@ class RateLimitStage(Stage):
 
     def data(self, txn: Transaction) -> Reply | None:
         env = txn.envelope
-        charges = self.planner.message(env, sender_trusted=bool(env.auth_user) or txn.spf_passed())
+        spf = txn.results.get(SpfResult)
+        charges = self.planner.message(env, sender_trusted=bool(env.auth_user) or (spf is not None and spf.passed))
         decision = self.limiter.reserve(charges)
         if not decision.admitted:
-            reply = self._refuse(env, decision)
-            kind = decision.refused.kind if decision.refused else ""
-            txn.refusal = Refusal(self.name, "data", reply, detail=kind)
-            return reply
-        txn.reservation = decision.reservation
+            txn.results.put(RateRefusal(decision.refused.kind if decision.refused else ""), by=self.name)
+            return self._refuse(env, decision)  # the pipeline records the refusal
+        if decision.reservation is not None:
+            txn.results.put(decision.reservation, by=self.name)
         return None
 
     def wants(self, txn: Transaction) -> bool:
-        return txn.reservation is not None and txn.reservation.source == "local"
+        reservation = txn.results.get(Reservation)
+        return reservation is not None and reservation.source == "local"
 
     def enforces(self, txn: Transaction) -> bool:
         return False  # its check only notes that the count was local
 
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
-        if txn.reservation is not None and txn.reservation.source == "local":
+        if self.wants(txn):
             return Findings(self.name, log={"ratelimit": "local"})  # counted in-process: Redis was unavailable
         return None
 
     def finished(self, txn: Transaction, outcome: Outcome) -> None:
-        reservation, txn.reservation = txn.reservation, None
+        reservation = txn.results.pop(Reservation, by=self.name)
         if reservation is not None and outcome.action in GIVE_BACK:
             self.limiter.release(reservation)
 
     def aborted(self, txn: Transaction) -> None:
-        reservation, txn.reservation = txn.reservation, None
+        reservation = txn.results.pop(Reservation, by=self.name)
         if reservation is not None:
             self.limiter.release(reservation)
 

@@ -54,11 +54,9 @@ def from_outcome(txn: Transaction, outcome: Outcome) -> dict[str, Any]:
     _reply(record, outcome.reply)
     if outcome.scan is not None:
         _scan(record, outcome.scan)
-    if record.get("spf") is None and txn.spf is not None:  # spf_at = "mail": known even if the scan ended first
-        record["spf"] = txn.spf.result
-    reservation = txn.reservation
-    if reservation is not None:
-        record["ratelimit"] = {"source": reservation.source, "buckets": sorted({c.kind for c in reservation.charges})}
+    for key, value in txn.results.record_fields().items():  # SMTP-time results: SPF at MAIL, the reservation
+        if record.get(key) is None:
+            record[key] = value
     _refused_recipients(record, txn)
     return record
 
@@ -68,7 +66,10 @@ def from_refusal(txn: Transaction, reply: Reply, stage: str, hook: str, detail: 
     record = _envelope(txn, hook)
     record.update(verdict="refused", action=str(reply.action), decided=str(reply.action), refused_by=stage)
     _reply(record, reply)
-    kind = detail or (_ratelimit_kind(reply) if stage == "ratelimit" else "")
+    record.update(txn.results.record_fields())  # what the stages found so far (SPF at MAIL, the bucket kind)
+    noted = record.get("ratelimit")
+    refused = noted.get("refused", "") if isinstance(noted, dict) else ""
+    kind = detail or refused or (_ratelimit_kind(reply) if stage == "ratelimit" else "")
     if kind:
         record["ratelimit"] = {"refused": kind}
     _refused_recipients(record, txn)
@@ -128,7 +129,7 @@ def _envelope(txn: Transaction, stage: str) -> dict[str, Any]:
         "client_name": env.client_name or None,
         "helo": env.helo or None,
         "auth_user": env.auth_user or None,
-        "tenant": txn.policy.domain if txn.policy is not None else None,
+        "tenant": txn.tenant.domain if txn.tenant is not None else None,
     }
 
 
@@ -138,15 +139,7 @@ def _reply(record: dict[str, Any], reply: Reply | None) -> None:
 
 
 def _scan(record: dict[str, Any], scan: Scan) -> None:
-    auth = scan.auth
-    if auth is not None:
-        record["spf"] = auth.spf.result if auth.spf is not None else None
-        record["dkim"] = [f"{r.result}:{r.domain}" if r.domain else r.result for r in auth.dkim or ()]
-        record["dmarc"] = auth.dmarc.result if auth.dmarc is not None else None
-    if scan.dnsbl is not None:
-        record["dnsbl"] = [f"{item.zone}:{item.action}" for item in scan.dnsbl.listings]
-    if scan.rules is not None:
-        record["rules"] = _plain(scan.rules)
+    record.update({k: _plain(v) for k, v in scan.results.record_fields().items()})  # SPF/DKIM/DMARC, DNSBL, rules
     if scan.log:
         record["facts"] = dict(scan.log)
 

@@ -7,9 +7,11 @@ CPU is bounded by the limits: RE2 matches in linear time, the MIME walk stops at
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from quorum.message import Message
 from quorum.rules.decode import header_text
@@ -45,6 +47,9 @@ class RuleResult:
     truncated: bool = False
     limit_hit: str | None = None
     parts: int = 0  # MIME parts parsed (0 when no body/filename rule needed the MIME walk)
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"rules": dataclasses.asdict(self)}
 
     @property
     def action(self) -> str | None:

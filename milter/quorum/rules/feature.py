@@ -14,29 +14,14 @@ data, with the transaction's effective rules (global, or the recipient domain's)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from quorum.config.fields import Table
-from quorum.rules.mime import MimeLimits
-from quorum.rules.schema import Rule, parse_rules
+from quorum.rules.schema import parse_rules
+from quorum.rules.settings import RulesSettings, parse_limits
+from quorum.rules.stage import RulesStage
 
-
-@dataclass(frozen=True)
-class RulesSettings:
-    rules: tuple[Rule, ...] = ()
-    limits: MimeLimits = field(default_factory=MimeLimits)
-
-
-def parse_limits(t: Table) -> MimeLimits:
-    d = MimeLimits()
-    limits = MimeLimits(
-        max_parts=t.int("max_parts", d.max_parts, minimum=1, maximum=100_000),
-        max_depth=t.int("max_depth", d.max_depth, minimum=1, maximum=100),  # the stdlib parser recurses
-        body_max_bytes=t.size("body_max_bytes", d.body_max_bytes, minimum=1),
-    )
-    t.reject_unknown()
-    return limits
+__all__ = ["RulesSettings", "build", "parse"]
 
 
 def parse(root: Table) -> RulesSettings:
@@ -47,6 +32,4 @@ def parse(root: Table) -> RulesSettings:
 
 
 def build(config: Any, settings: RulesSettings) -> list[Any]:
-    from quorum.rules.stage import RulesStage
-
     return [RulesStage(settings, config.replies)]

@@ -15,7 +15,8 @@ from quorum.pipeline import replies
 from quorum.pipeline.stages import Stage
 from quorum.pipeline.transaction import Findings, Transaction
 from quorum.rules.evaluate import evaluate
-from quorum.rules.feature import RulesSettings
+from quorum.rules.settings import RulesSettings
+from quorum.tenants import effective
 from quorum.verdict import Category, Status, Verdict
 
 STRUCTURE_LIMITS = ("max_parts", "max_depth")
@@ -29,15 +30,18 @@ class RulesStage(Stage):
         self.texts = texts
 
     def wants(self, txn: Transaction) -> bool:
-        return bool(self.settings.rules) or (txn.policy is not None and bool(txn.policy.rules))
+        tenant = effective(txn)
+        return bool(self.settings.rules) or (tenant is not None and bool(tenant.rules))
 
     def examine(self, txn: Transaction, message: Message, deadline: float) -> Findings | None:
-        tenant_rules = tuple(txn.policy.rules) if txn.policy is not None else ()
+        tenant = effective(txn)
+        tenant_rules = tuple(tenant.rules) if tenant is not None else ()
         rules = self.settings.rules + tenant_rules
         if not rules:
             return None
         result = evaluate(rules, message, self.settings.limits, deadline)
-        found = Findings(self.name, rules=result)
+        found = Findings(self.name)
+        found.results.put(result, by=self.name)
         if result.limit_hit is not None:
             found.log["mime_limit"] = result.limit_hit
             if result.limit_hit in STRUCTURE_LIMITS:
@@ -45,7 +49,7 @@ class RulesStage(Stage):
         if not result.hits:
             return found
         found.log["rules"] = ",".join(f"{h.name}:{h.action}" for h in result.hits)
-        texts = txn.policy.replies if txn.policy is not None else self.texts
+        texts = txn.tenant.replies if txn.tenant is not None else self.texts
         for hit in result.hits:
             if hit.action == "reject":
                 found.decide(replies.rule(texts, hit.name), hit.reason())

@@ -1,24 +1,35 @@
 """Process-wide state of a running milter: the current pipeline (swapped on reload) and the count
-of SMTP sessions in flight (for a graceful stop)."""
+of SMTP sessions in flight (for a graceful stop).
+
+The service knows no feature: a `Composer` (the composition root, `quorum.assembly`, handed over
+by the command line) loads a config file and builds a pipeline from it."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import weakref
+from pathlib import Path
+from typing import Protocol
 
 from quorum import metrics
-from quorum.assembly import load_config
 from quorum.config import Config, ConfigError
 from quorum.pipeline.pipeline import Pipeline, close_parts
 
 log = logging.getLogger("quorum.service")
 
 
+class Composer(Protocol):
+    def load_config(self, path: str | Path) -> Config: ...
+
+    def build_pipeline(self, config: Config) -> Pipeline: ...
+
+
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, composer: Composer) -> None:
         self.config = config
-        self.pipeline = Pipeline(config)
+        self.composer = composer
+        self.pipeline = composer.build_pipeline(config)
         self._lock = threading.Lock()
         self._active = 0
         self._idle = threading.Condition(self._lock)
@@ -64,8 +75,8 @@ class App:
             log.warning("reload: no config file to re-read (running on the embedded default)")
             return False
         try:
-            config = load_config(path)
-            pipeline = Pipeline(config)
+            config = self.composer.load_config(path)
+            pipeline = self.composer.build_pipeline(config)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", "; ".join(exc.problems))
             return False
@@ -80,7 +91,7 @@ class App:
         log.info("reloaded %s: engines %s", path, ", ".join(r.name for r in pipeline.runners) or "none")
         # A transaction that began before the reload keeps using the old pipeline however long
         # the client takes: close its engines and stages when the last session lets go of it.
-        weakref.finalize(old, close_parts, old.runners, old.stages, old.stage_pool, old.tenants)
+        weakref.finalize(old, close_parts, old.parts, old.stage_pool)
         return True
 
     def close(self) -> None:

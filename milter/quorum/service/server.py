@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import Milter
 
 from quorum import metrics
-from quorum.service.app import App
+from quorum.service.app import App, Composer
 from quorum.service.privileges import PrivilegeError, check_identity, drop_privileges
 from quorum.service.session import ACTIONS, QuorumMilter
 from quorum.service.supervisor import EXIT_BIND
@@ -202,15 +202,15 @@ def _connect_once(spec: str) -> None:
         pass  # the listener then notices the stop within 5 s on its own
 
 
-def main_worker(config_path: str | None) -> int:
-    from quorum.assembly import load_config
+def main_worker(config_path: str | None, composer: Composer) -> int:
+    """The worker process (`python -m quorum.worker [CONFIG]`): load, drop privileges, serve."""
     from quorum.config import ConfigError
     from quorum.config.loader import DEFAULT_CONFIG
     from quorum.logs import setup_logging
     from quorum.message import sweep_stale_spools
 
     try:
-        config = load_config(config_path or DEFAULT_CONFIG)
+        config = composer.load_config(config_path or DEFAULT_CONFIG)
     except ConfigError as exc:
         for p in exc.problems:
             print(f"quorum: {p}", file=sys.stderr)
@@ -226,9 +226,5 @@ def main_worker(config_path: str | None) -> int:
     swept = sweep_stale_spools(config.milter.tmpdir)
     if swept:
         log.info("removed %d stale message body file(s) from the spool directory", swept)
-    app = App(config)
+    app = App(config, composer)
     return serve(app, sys.stdin.buffer)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_worker(sys.argv[1] if len(sys.argv) > 1 else None))

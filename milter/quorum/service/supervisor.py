@@ -16,13 +16,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from quorum.assembly import load_config
-from quorum.config import ConfigError
+from quorum.config import Config, ConfigError
 
 log = logging.getLogger("quorum.supervisor")
 
@@ -30,8 +29,19 @@ EXIT_BIND = 3  # the worker could not bind its socket (e.g. held by a worker sti
 
 
 class Supervisor:
-    def __init__(self, config_path: str | None, stop_timeout: float, pid_file: str | None) -> None:
+    def __init__(
+        self,
+        config_path: str | None,
+        stop_timeout: float,
+        pid_file: str | None,
+        load_config: Callable[[str], Config],
+        worker: Sequence[str],
+    ) -> None:
+        """`load_config` validates the file on SIGHUP; `worker` is the worker's command line
+        (`python -m quorum.worker`), to which the config path is appended."""
         self.config_path = config_path
+        self.load_config = load_config
+        self.worker = tuple(worker)
         self.stop_timeout = stop_timeout
         self.pid_file = pid_file
         self.child: subprocess.Popen[bytes] | None = None
@@ -46,7 +56,7 @@ class Supervisor:
             self._stop = True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "quorum.service.server"]
+        argv = list(self.worker)
         if self.config_path:
             argv.append(self.config_path)
         return subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
@@ -72,7 +82,7 @@ class Supervisor:
         """Validate the file on SIGHUP; remember when it was last found valid."""
         if self.config_path:
             try:
-                config = load_config(self.config_path)
+                config = self.load_config(self.config_path)
             except ConfigError as exc:
                 log.error("%s: %s", refusal, "; ".join(exc.problems))
                 return False

@@ -5,7 +5,7 @@ policy = policies.policy_for("bob@example.com")
 policy.fingerprint                            # equal fingerprints = one transaction may hold both
 """
 
-from quorum.tenants.effective import EffectivePolicy, EngineOverride, GlobalLayer, fingerprint, merge
+from quorum.tenants.effective import EffectivePolicy, EngineOverride, GlobalLayer, effective, fingerprint, merge
 from quorum.tenants.extensions import DomainExtension, register_extension
 from quorum.tenants.names import DomainMatcher, DomainNameError, normalise_domain, normalise_pattern, recipient_domain
 from quorum.tenants.resolver import TenantPolicies, TenantStats
@@ -26,6 +26,7 @@ __all__ = [
     "TenantPolicies",
     "TenantSettings",
     "TenantStats",
+    "effective",
     "fingerprint",
     "merge",
     "normalise_domain",

@@ -14,12 +14,15 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quorum.config.model import EngineSettings, PolicySettings
 from quorum.pipeline.replies import ReplyTexts
 from quorum.tenants.extensions import EXTENSIONS
 from quorum.tenants.schema import POLICY_KEYS, REPLY_FIELDS, DomainEntry, SchemaContext
+
+if TYPE_CHECKING:
+    from quorum.pipeline.transaction import Transaction
 
 GLOBAL, FILE, REDIS = "global", "file", "redis"
 _SCALARS = (bool, int, float, str)
@@ -285,3 +288,11 @@ def no_antivirus_warning(effective: EffectivePolicy, configured: Iterable[Engine
         "no antivirus engine votes under this policy: its mail is delivered as X-Quorum-Verdict: unchecked; "
         "add an antivirus engine (e.g. clamav) to its engines, enable it or set its mode to vote"
     )
+
+
+def effective(txn: Transaction) -> EffectivePolicy | None:
+    """The transaction's tenant policy as this feature's own type (the pipeline knows it only as a
+    `TenantPolicy`): for the features that read their own per-domain values (DMARC enforcement,
+    DNSBL on/off, a domain's rules)."""
+    tenant = txn.tenant
+    return tenant if isinstance(tenant, EffectivePolicy) else None
