@@ -1,6 +1,6 @@
 """Redis Cluster counting is shared between processes with every redis-py that pyproject allows.
 
-redis-py < 5.3 requires `ConnectionPool.get_connection(command_name)`; calling it bare raised a
+redis-py < 5.3 requires `ChannelPool.get_connection(command_name)`; calling it bare raised a
 TypeError that the limiter took for "Redis unavailable", so on a Cluster each process silently
 counted on its own. Run this module with the minimum pinned redis-py too (see the README's
 "Redis" notes): `pip install 'redis==<minimum>'` in a scratch venv, then pytest this file.

@@ -12,20 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 from tests.zones import auth as z
-from tests.zones.auth_stack import AuthStack, auth_stack
+from tests.zones.auth_stack import AUTH_BASE, AuthStack, auth_stack
 
 pytestmark = pytest.mark.integration
 
-BODY = """
-[policy]
-on_spam = "tag"
-
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns_port}
-timeout = 1
-cache_size = 0
-
+BODY = (
+    AUTH_BASE
+    + """
 [auth]
 dmarc_enforce = "reject"
 dmarc_quarantine_action = "tag"
@@ -33,6 +26,7 @@ dmarc_quarantine_action = "tag"
 [access]
 sender = "{sender_table}"
 """
+)
 
 RECORDS = [
     ("partner.test", "TXT", "v=spf1 ip4:192.0.2.0/24 -all"),

@@ -9,24 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 from tests.zones import auth as z
-from tests.zones.auth_stack import AUTHSERV, AuthStack, auth_stack, header_values
+from tests.zones.auth_stack import AUTH_BASE, AUTHSERV, AuthStack, auth_stack, header_values
 
 pytestmark = pytest.mark.integration
 
-BODY = """
-[policy]
-on_spam = "tag"
-
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns_port}
-timeout = 1
-cache_size = 0
-
+BODY = (
+    AUTH_BASE
+    + """
 [auth]
 dmarc_enforce = "reject"
 trusted_upstream_authserv_ids = ["dkim.upstream.example"]
 """
+)
 
 FORGED = [
     b' "mx.test.example"; dmarc=pass header.from=reject.test',

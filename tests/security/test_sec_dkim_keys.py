@@ -15,23 +15,17 @@ from collections.abc import Iterator
 import pytest
 from tests.harness.smtp_client import send
 from tests.zones import auth as z
-from tests.zones.auth_stack import RCPT, AuthStack, auth_stack
+from tests.zones.auth_stack import AUTH_BASE, RCPT, AuthStack, auth_stack
 
 pytestmark = pytest.mark.integration
 
-BODY = """
-[policy]
-on_spam = "tag"
-
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns_port}
-timeout = 1
-cache_size = 0
-
+BODY = (
+    AUTH_BASE
+    + """
 [auth]
 dmarc_enforce = "reject"
 """
+)
 
 
 @pytest.fixture(scope="module")

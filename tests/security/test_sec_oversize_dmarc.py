@@ -11,24 +11,18 @@ from collections.abc import Iterator
 
 import pytest
 from tests.zones import auth as z
-from tests.zones.auth_stack import AuthStack, auth_stack
+from tests.zones.auth_stack import AUTH_BASE, AuthStack, auth_stack
 
 pytestmark = pytest.mark.integration
 
-BODY = """
-[policy]
-on_spam = "tag"
-
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns_port}
-timeout = 1
-cache_size = 0
-
+BODY = (
+    AUTH_BASE
+    + """
 [auth]
 dmarc_enforce = "reject"
 dmarc_quarantine_action = "tag"
 """
+)
 LIMIT = 65536
 PADDING = b"".join(b"%06d padding the message past max_message_size\r\n" % i for i in range(3000))  # ~170 KB
 

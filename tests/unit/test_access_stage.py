@@ -9,9 +9,13 @@ import pytest
 
 from quorum.access.settings import AccessSettings, is_exempt
 from quorum.access.stage import OK, SENDER_OK, AccessStage
+from quorum.assembly import parse_config
 from quorum.message import Message
+from quorum.pipeline.pipeline import Parts, Pipeline
 from quorum.pipeline.stages import Action
 from quorum.pipeline.transaction import Connection, Findings, Transaction
+from quorum.records.format import json_line
+from quorum.tenants import TenantPolicies
 
 
 @pytest.fixture()
@@ -37,10 +41,15 @@ def session(ip: str = "192.0.2.10", sender: str = "a@sender.test") -> Transactio
 
 
 def add(stage: AccessStage, s: Transaction, rcpt: str) -> tuple[str, str, str] | None:
-    """What the milter does: the recipient joins the envelope only when no stage refused it."""
-    reply = stage.rcpt(s, rcpt)
+    """What the milter does: the pipeline's RCPT (the one-class-per-transaction rule, then the
+    stage); the recipient joins the envelope only when nothing refused it."""
+    config = parse_config({})
+    pipeline = Pipeline(config, Parts([], [stage], TenantPolicies(config, listen=False), json_line))
+    try:
+        reply = pipeline.rcpt(s, rcpt)
+    finally:
+        pipeline.stage_pool.shutdown()
     if reply is None:
-        s.envelope.recipients.append(rcpt)
         return None
     return reply.action, reply.code, f"{reply.xcode} {reply.text}"
 

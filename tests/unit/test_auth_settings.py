@@ -105,9 +105,9 @@ recipient = "{tmp_path / "rcpt"}"
     (feature,) = [f for f in FEATURES if f.name == "auth"]
     stages = feature.build(config)
     try:
-        assert [s.name for s in stages] == ["access", "dnsbl", "auth"]
-        assert stages[2].authserv_id == "mx.example.net"  # type: ignore[attr-defined]
-        assert stages[1].resolver is stages[2].resolver  # type: ignore[attr-defined]  # one resolver
+        assert [s.name for s in stages] == ["trust", "access", "dnsbl", "auth"]  # trust first: all read it
+        assert stages[3].authserv_id == "mx.example.net"  # type: ignore[attr-defined]
+        assert stages[2].resolver is stages[3].resolver  # type: ignore[attr-defined]  # one resolver
     finally:
         for s in stages:
             s.close()

@@ -16,6 +16,7 @@ from quorum.backscatter.stage import HEADER, BackscatterStage, EnvelopeEdits
 from quorum.backscatter.store import MessageIdStore
 from quorum.config.fields import Problems, Table
 from quorum.message import Envelope, Message
+from quorum.pipeline.results import Results
 from quorum.pipeline.stages import Action, Outcome
 
 KEY = b"k" * 32
@@ -48,10 +49,11 @@ class FakeRedis:
 class FakeTxn:
     envelope: Envelope
     id: str = "t1"
-    policy: Any = None
+    tenant: Any = None
     connection: Any = None
     sender_rewrite: str | None = None
     recipient_rewrites: dict[str, str] = field(default_factory=dict)
+    results: Results = field(default_factory=Results)
 
 
 @dataclass
@@ -160,9 +162,7 @@ def test_bounce_for_a_recorded_message_is_accepted() -> None:
     stage, store = make(redis)
     store.record("<out-1@example.com>")
     t = txn("", rcpts=("alice@example.com",))
-    t.tenant = Policy(  # type: ignore[assignment]
-        "reject"
-    )
+    t.tenant = Policy("reject")
     _, findings = run(stage, t, bounce_for("<out-1@example.com>"))
     assert findings.reply is None and findings.log["backscatter"] == "dsn-ok"
     assert redis.calls == ["SET", "EXISTS"]
@@ -173,9 +173,7 @@ def test_bounce_for_an_unknown_message_gets_the_domain_action(action: str) -> No
     redis = FakeRedis()
     stage, _ = make(redis)
     t = txn("", rcpts=("alice@example.com",))
-    t.tenant = Policy(  # type: ignore[assignment]
-        action
-    )
+    t.tenant = Policy(action)
     _, findings = run(stage, t, bounce_for("<never-sent@example.com>"))
     if action == "reject":
         assert findings.reply.code == "550" and findings.reply.xcode == "5.7.1"
@@ -194,9 +192,7 @@ def test_redis_down_accepts_the_bounce() -> None:
     redis.down = True
     stage, _ = make(redis)
     t = txn("", rcpts=("alice@example.com",))
-    t.tenant = Policy(  # type: ignore[assignment]
-        "reject"
-    )
+    t.tenant = Policy("reject")
     _, findings = run(stage, t, bounce_for("<x@example.com>"))
     assert findings.reply is None and findings.log["backscatter"] == "unchecked-redis-down"
 
@@ -206,9 +202,7 @@ def test_valid_prvs_recipient_is_accepted_and_rewritten() -> None:
     stage, _ = make(redis)
     tagged = batv.sign("alice@example.com", KEY)
     t = txn("", rcpts=(tagged,))
-    t.tenant = Policy(  # type: ignore[assignment]
-        "reject"
-    )
+    t.tenant = Policy("reject")
     replies, findings = run(stage, t, bounce_for("<unknown@example.com>"))
     assert replies == [None] and findings.reply is None and findings.log["backscatter"] == "batv-ok"
     assert redis.calls == []  # the tag is proof enough
@@ -218,9 +212,7 @@ def test_valid_prvs_recipient_is_accepted_and_rewritten() -> None:
 def test_forged_prvs_recipient_is_refused_at_rcpt() -> None:
     stage, _ = make(FakeRedis())
     t = txn("", rcpts=("prvs=0123abcdef=alice@example.com",))
-    t.tenant = Policy(  # type: ignore[assignment]
-        "reject"
-    )
+    t.tenant = Policy("reject")
     stage.mail_from(t)  # type: ignore[arg-type]
     reply = stage.rcpt(t, t.envelope.recipients[0])  # type: ignore[arg-type]
     assert reply is not None and reply.code == "550" and "forged BATV tag" in reply.text

@@ -18,7 +18,7 @@ from tests.harness.fake_engine import FakeEngine, http_reply
 
 from quorum.config.model import EngineSettings
 from quorum.engines import Engine, EngineError, ScanCall, build_engine
-from quorum.engines.transport import Connection, ConnectionPool
+from quorum.engines.transport import Channel, ChannelPool
 from quorum.message import Envelope, Message
 from quorum.verdict import Status
 
@@ -59,7 +59,7 @@ class _Server:
         self.thread.join(5)
 
 
-# --- Connection ---------------------------------------------------------------------------------
+# --- Channel ---------------------------------------------------------------------------------
 
 
 def test_read_until_keeps_the_rest_buffered() -> None:
@@ -68,7 +68,7 @@ def test_read_until_keeps_the_rest_buffered() -> None:
             conn.sendall(part)
             time.sleep(0.02)
 
-    with _Server(script) as server, Connection.open(server.address, call(), "peer") as conn:
+    with _Server(script) as server, Channel.open(server.address, call(), "peer") as conn:
         assert conn.read_until(b"\0", 100) == b"one\0"
         assert conn.read_until(b"\0", 100) == b"two\0"
         assert conn.read_until(b"\0", 100) == b"three\0"
@@ -76,25 +76,25 @@ def test_read_until_keeps_the_rest_buffered() -> None:
 
 
 def test_read_until_is_capped() -> None:
-    with _Server(lambda c: c.sendall(b"x" * 5000)) as server, Connection.open(server.address, call(), "peer") as conn:
+    with _Server(lambda c: c.sendall(b"x" * 5000)) as server, Channel.open(server.address, call(), "peer") as conn:
         with pytest.raises(EngineError, match="peer reply larger than 1000 bytes"):
             conn.read_until(b"\0", 1000)
 
 
 def test_read_until_delimiter_past_the_cap() -> None:
-    with _Server(lambda c: c.sendall(b"x" * 20 + b"\0")) as server, Connection.open(server.address, call()) as conn:
+    with _Server(lambda c: c.sendall(b"x" * 20 + b"\0")) as server, Channel.open(server.address, call()) as conn:
         with pytest.raises(EngineError, match="larger than 10"):
             conn.read_until(b"\0", 10)
 
 
 def test_read_to_eof_is_capped_and_eof_mid_reply_is_named() -> None:
-    with _Server(lambda c: c.sendall(b"y" * 3000)) as server, Connection.open(server.address, call(), "peer") as conn:
+    with _Server(lambda c: c.sendall(b"y" * 3000)) as server, Channel.open(server.address, call(), "peer") as conn:
         with pytest.raises(EngineError, match="larger than 1000"):
             conn.read_to_eof(1000)
-    with _Server(lambda c: c.sendall(b"partial")) as server, Connection.open(server.address, call(), "peer") as conn:
+    with _Server(lambda c: c.sendall(b"partial")) as server, Channel.open(server.address, call(), "peer") as conn:
         with pytest.raises(EngineError, match="in the middle of a reply"):
             conn.read_until(b"\0", 100)
-    with _Server(lambda c: None) as server, Connection.open(server.address, call(), "peer") as conn:
+    with _Server(lambda c: None) as server, Channel.open(server.address, call(), "peer") as conn:
         with pytest.raises(EngineError, match="without a reply"):
             conn.read_until(b"\0", 100)
 
@@ -107,7 +107,7 @@ def test_read_exactly_and_half_close() -> None:
             received.extend(chunk)
         conn.sendall(b"0123456789")
 
-    with _Server(script) as server, Connection.open(server.address, call(), "peer") as conn:
+    with _Server(script) as server, Channel.open(server.address, call(), "peer") as conn:
         conn.send_all([b"abc", b"def"])
         conn.shutdown_write()
         assert conn.read_exactly(4) == b"0123" and conn.recv_some(3) == b"456"
@@ -121,7 +121,7 @@ def test_slow_drip_is_bounded_by_the_budget_not_per_read() -> None:
             conn.sendall(b"x")
             time.sleep(0.1)
 
-    with _Server(script) as server, Connection.open(server.address, call(0.6), "peer") as conn:
+    with _Server(script) as server, Channel.open(server.address, call(0.6), "peer") as conn:
         start = time.monotonic()
         with pytest.raises(EngineError, match="timeout"):
             conn.read_until(b"\0", 1000)
@@ -132,7 +132,7 @@ def test_cancel_shuts_a_blocked_read_down() -> None:
     stop = threading.Event()
     with _Server(lambda c: stop.wait(5)) as server:
         c = call(30)
-        with Connection.open(server.address, c, "peer") as conn:
+        with Channel.open(server.address, c, "peer") as conn:
             threading.Timer(0.2, c.cancel).start()
             start = time.monotonic()
             with pytest.raises(EngineError, match="cancelled"):
@@ -144,24 +144,24 @@ def test_cancel_shuts_a_blocked_read_down() -> None:
 def test_connect_failures() -> None:
     address = "/nonexistent-quorum-dir/engine.sock"  # a closed TCP port may be reused by a parallel test
     with pytest.raises(EngineError, match=f"cannot connect to {address}"):
-        Connection.open(address, call())
+        Channel.open(address, call())
     with pytest.raises(EngineError, match="timeout"):
-        Connection.open(address, call(0))
+        Channel.open(address, call(0))
     c = call()
     c.cancel()
     with pytest.raises(EngineError, match="cancelled"):
-        Connection.open(address, c)
+        Channel.open(address, c)
     with pytest.raises(EngineError, match=r"cannot connect to /nonexistent/x\.sock"):
-        Connection.open("/nonexistent/x.sock", call())
+        Channel.open("/nonexistent/x.sock", call())
     with pytest.raises(EngineError, match="cannot connect"):
-        Connection.open("no-port", call())
+        Channel.open("no-port", call())
 
 
 def test_unroutable_connect_is_bounded() -> None:
     """A SYN into the void (TEST-NET-1) times out at the budget, not the OS's minutes."""
     start = time.monotonic()
     with pytest.raises(EngineError):
-        Connection.open("192.0.2.1:9", call(0.3))
+        Channel.open("192.0.2.1:9", call(0.3))
     assert time.monotonic() - start < 0.3 + MARGIN
 
 
@@ -172,21 +172,21 @@ def test_ipv6_literal_address() -> None:
         pytest.fail("no IPv6 loopback on this machine")
     with listener:
         port = listener.getsockname()[1]
-        with Connection.open(f"[::1]:{port}", call()) as conn:
+        with Channel.open(f"[::1]:{port}", call()) as conn:
             assert conn.sock.family == socket.AF_INET6
 
 
-# --- ConnectionPool -----------------------------------------------------------------------------
+# --- ChannelPool -----------------------------------------------------------------------------
 
 
 def test_pool_reuses_releases_and_expires() -> None:
     stop = threading.Event()
     with _Server(lambda c: stop.wait(5)) as server:
-        closed: list[Connection] = []
-        pool = ConnectionPool(2, idle_timeout=0.3, on_close=closed.append)
+        closed: list[Channel] = []
+        pool = ChannelPool(2, idle_timeout=0.3, on_close=closed.append)
         first_call = call()
         assert pool.acquire(first_call) is None
-        conn = Connection.open(server.address, first_call)
+        conn = Channel.open(server.address, first_call)
         pool.release(conn)
         first_call.cancel()  # a later cancel of the old call must not touch the pooled socket
         second_call = call()
@@ -202,9 +202,9 @@ def test_pool_reuses_releases_and_expires() -> None:
 def test_pool_does_not_keep_a_cancelled_connection() -> None:
     stop = threading.Event()
     with _Server(lambda c: stop.wait(5)) as server:
-        pool = ConnectionPool(2, idle_timeout=30)
+        pool = ChannelPool(2, idle_timeout=30)
         c = call()
-        conn = Connection.open(server.address, c)
+        conn = Channel.open(server.address, c)
         c.cancel()
         pool.release(conn)
         assert conn.closed and pool.acquire(call()) is None

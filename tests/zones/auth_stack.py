@@ -48,6 +48,19 @@ class AuthStack:
         return [line for line in text.splitlines() if needle in line]
 
 
+# The top of an auth test's config: tag spam, resolve through the test NSD ({dns_port}), no cache.
+AUTH_BASE = """
+[policy]
+on_spam = "tag"
+
+[dns]
+nameservers = ["127.0.0.1"]
+port = {dns_port}
+timeout = 1
+cache_size = 0
+"""
+
+
 def header_values(raw: bytes, name: str) -> list[bytes]:
     head = raw.split(b"\r\n\r\n", 1)[0]
     rx = re.compile(rb"^" + re.escape(name.encode()) + rb":(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)

@@ -36,7 +36,7 @@ from quorum.access.settings import AccessSettings, is_exempt
 from quorum.access.tables import AddressTable, ClientTable, TableFile
 from quorum.auth.resolver import Resolver
 from quorum.auth.spf import SpfResult
-from quorum.auth.trust import IPNetwork, trust_reason
+from quorum.auth.trust import IPNetwork, trust_of
 from quorum.message import Message, printable
 from quorum.pipeline import replies
 from quorum.pipeline.stages import Reply, Stage
@@ -97,7 +97,8 @@ class AccessStage(Stage):
             TableFile(settings.header, parse_rules, every) if settings.header else None
         )
 
-    def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
+    def _classify(self, txn: Transaction, recipient: str) -> AccessClass | Reply:
+        """The recipient's class, or the refusal a REJECT entry gives it."""
         env = txn.envelope
         client = self.client.get().lookup(env.client_ip) if self.client else None
         sender = self.sender.get().lookup(env.sender) if self.sender else None
@@ -109,13 +110,20 @@ class AccessStage(Stage):
                 return replies.access_denied(rule.text)
         ok = next((r for r in rules if r.action == "OK" and r is not sender), None)
         if ok is not None:
-            cls = AccessClass(OK, ok.source)
-        elif sender is not None and sender.action == "OK":
-            cls = AccessClass(OK if env.auth_user else SENDER_OK, sender.source)
-        else:
-            cls = AccessClass(DEFAULT)
-        if env.recipients and txn.access_class().name != cls.name:
-            return replies.SEPARATE_TRANSACTION
+            return AccessClass(OK, ok.source)
+        if sender is not None and sender.action == "OK":
+            return AccessClass(OK if env.auth_user else SENDER_OK, sender.source)
+        return AccessClass(DEFAULT)
+
+    def recipient_class(self, txn: Transaction, recipient: str) -> str | None:
+        """OK, sender_ok and default recipients go in separate transactions (one skips spam checks)."""
+        cls = self._classify(txn, recipient)
+        return cls.name if isinstance(cls, AccessClass) else None  # a REJECT: rcpt refuses it
+
+    def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
+        cls = self._classify(txn, recipient)
+        if isinstance(cls, Reply):
+            return cls
         txn.access[recipient.lower()] = cls
         return None
 
@@ -189,7 +197,7 @@ class DnsblStage(Stage):
         tenant = effective(txn)
         if tenant is not None and not tenant.dnsbl:
             return True  # `[domains."d"] dnsbl = false`
-        return bool(trust_reason(txn.envelope, self.trusted_networks)) or not txn.envelope.client_ip
+        return bool(trust_of(txn, self.trusted_networks)) or not txn.envelope.client_ip
 
     def _pending(self, txn: Transaction) -> PendingCheck:
         ip, conn = txn.envelope.client_ip, txn.connection

@@ -55,9 +55,10 @@ def build(config: Config, settings: AuthFeatureSettings) -> list[Stage]:
     from quorum.access.stage import AccessStage, DnsblStage
     from quorum.auth.resolver import Resolver
     from quorum.auth.stage import AuthStage
+    from quorum.auth.trust import TrustStage
 
     resolver = Resolver(settings.dns)
-    stages: list[Stage] = []
+    stages: list[Stage] = [TrustStage(settings.auth.trusted_networks)]  # first: every later stage reads it
     if settings.access.any_table:
         stages.append(AccessStage(settings.access))
     if settings.dnsbl:

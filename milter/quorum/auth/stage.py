@@ -36,7 +36,7 @@ from quorum.auth.findings import AuthFindings
 from quorum.auth.resolver import Resolver
 from quorum.auth.settings import AuthSettings
 from quorum.auth.spf import SpfResult, check_spf
-from quorum.auth.trust import trust_reason
+from quorum.auth.trust import trust_of
 from quorum.config.model import ReplyTexts
 from quorum.message import Envelope, Message, SpoolClosed
 from quorum.pipeline import replies
@@ -80,7 +80,7 @@ class AuthStage(Stage):
         s = self.settings
         enforce = tenant.dmarc_enforce if (tenant := effective(txn)) is not None else s.dmarc_enforce
         env = txn.envelope
-        return s.dmarc and enforce != "off" and not env.auth_user and not trust_reason(env, s.trusted_networks)
+        return s.dmarc and enforce != "off" and not env.auth_user and not trust_of(txn, s.trusted_networks)
 
     def complete(self, txn: Transaction, findings: Findings) -> bool:
         auth = findings.results.get(AuthFindings)
@@ -104,7 +104,7 @@ class AuthStage(Stage):
     def _examine(self, txn: Transaction, message: Message, found: Findings, deadline: float) -> None:
         s = self.settings
         env = message.envelope
-        trust = trust_reason(env, s.trusted_networks)
+        trust = trust_of(txn, s.trusted_networks)
         spf: SpfResult | None = None
         if s.spf and not env.auth_user and env.client_ip:
             spf = txn.results.get(SpfResult) or self._spf(env, deadline)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quorum.auth.trust import trust_reason
+from quorum.auth.trust import trust_of
 from quorum.backscatter import batv
 from quorum.backscatter.dsn import bounced_message_ids
 from quorum.backscatter.settings import ACTIONS, BackscatterSettings
@@ -79,7 +79,7 @@ class BackscatterStage(Stage):
     def mail_from(self, txn: Transaction) -> Reply | None:
         env = txn.envelope
         sender = env.sender.strip("<>")
-        state = _State(outbound=bool(trust_reason(env, self.trusted)), bounce=not sender)
+        state = _State(outbound=bool(trust_of(txn, self.trusted)), bounce=not sender)
         if state.outbound and sender and self.settings.batv_key:
             signed = batv.sign(
                 sender, self.settings.batv_key, self.settings.batv_key_number, self.settings.batv_validity_days

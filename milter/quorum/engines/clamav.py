@@ -42,7 +42,7 @@ from typing import Any
 from quorum.config.fields import Table
 from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
-from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
+from quorum.engines.transport import Channel, ChannelPool, PeerClosed
 from quorum.message import Message
 from quorum.verdict import LIMITS_EXCEEDED, Category, Status, Verdict
 
@@ -58,7 +58,7 @@ SESSION_IDLE = 10.0  # pooled IDSESSION connections are dropped well before clam
 _TERMINATOR = struct.pack("!L", 0)
 # EICAR's test string (the FILDES proof), encoded so that a scanner does not report this file
 _EICAR_B64 = "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo="
-_Sender = Callable[[Connection, bytes], None]  # writes one command (and its payload) on a connection
+_Sender = Callable[[Channel, bytes], None]  # writes one command (and its payload) on a connection
 LIMITS_PREFIX = "Heuristics.Limits.Exceeded"  # what clamd (AlertExceedsMax) names a limit it stopped at
 
 
@@ -79,9 +79,9 @@ class ClamAV(Engine):
         super().__init__(settings)
         self.address: str = self.options["address"]
         self.bounded_by_call = literal_address(self.address)
-        self._pool: ConnectionPool | None = None
+        self._pool: ChannelPool | None = None
         if self.options.get("reuse"):
-            self._pool = ConnectionPool(max(1, settings.concurrency), SESSION_IDLE, on_close=_end_session)
+            self._pool = ChannelPool(max(1, settings.concurrency), SESSION_IDLE, on_close=_end_session)
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         # descriptors only pass over a unix socket, to a clamd on this machine
@@ -234,7 +234,7 @@ class ClamAV(Engine):
                 if call.cancelled or call.remaining() <= 0:
                     raise
                 # a session clamd closed (IdleTimeout, restart) or broke: retry on a fresh one
-        conn = Connection.open(self.address, call, "clamd")
+        conn = Channel.open(self.address, call, "clamd")
         try:
             conn.send(b"zIDSESSION\0")
         except EngineError:
@@ -243,7 +243,7 @@ class ClamAV(Engine):
         conn.state["next_id"] = 1
         return self._in_session(conn, send, name)
 
-    def _in_session(self, conn: Connection, send: _Sender, name: bytes) -> str:
+    def _in_session(self, conn: Channel, send: _Sender, name: bytes) -> str:
         """One command on an IDSESSION connection; the connection goes back to the pool only on success."""
         assert self._pool is not None
         request_id = conn.state["next_id"]
@@ -272,7 +272,7 @@ class ClamAV(Engine):
         return line
 
     def _fresh(self, call: ScanCall, send: _Sender, name: bytes) -> str:
-        with Connection.open(self.address, call, "clamd") as conn:
+        with Channel.open(self.address, call, "clamd") as conn:
             try:
                 send(conn, b"z" + name + b"\0")
             except PeerClosed:
@@ -280,7 +280,7 @@ class ClamAV(Engine):
             return _read_reply(conn)
 
 
-def _send_stream(conn: Connection, command: bytes, message: Message) -> None:
+def _send_stream(conn: Channel, command: bytes, message: Message) -> None:
     """INSTREAM: the command, length-prefixed chunks, a zero length; small writes are coalesced."""
     pending = bytearray(command)
     for chunk in message.chunks(CHUNK):
@@ -293,7 +293,7 @@ def _send_stream(conn: Connection, command: bytes, message: Message) -> None:
     conn.send(bytes(pending))
 
 
-def _send_fd(conn: Connection, command: bytes, fd: int) -> None:
+def _send_fd(conn: Channel, command: bytes, fd: int) -> None:
     """FILDES as clamdscan sends it: the command, then one byte carrying the descriptor."""
     conn.send(command)
     conn.send_fd(b"\0", fd)
@@ -308,12 +308,12 @@ def _fill(fd: int, chunks: Iterator[bytes]) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
 
 
-def _read_reply(conn: Connection) -> str:
+def _read_reply(conn: Channel) -> str:
     raw = conn.read_until(b"\0", MAX_REPLY)[:-1]
     return raw.decode("utf-8", "replace").strip()
 
 
-def _end_session(conn: Connection) -> None:
+def _end_session(conn: Channel) -> None:
     conn.send(b"zEND\0")
 
 

@@ -25,7 +25,7 @@ import h11
 from quorum.config.fields import Table
 from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall, literal_address
-from quorum.engines.transport import Connection, ConnectionPool, PeerClosed
+from quorum.engines.transport import Channel, ChannelPool, PeerClosed
 from quorum.message import Envelope, Message
 from quorum.verdict import Category, Status, Verdict
 
@@ -90,7 +90,7 @@ class Rspamd(Engine):
             self._headers.append((b"Password", self.options["password"].encode()))
         if self.options.get("settings_id"):
             self._headers.append((b"Settings-ID", self.options["settings_id"].encode()))
-        self._pool = ConnectionPool(max(1, settings.concurrency), KEEPALIVE_IDLE)
+        self._pool = ChannelPool(max(1, settings.concurrency), KEEPALIVE_IDLE)
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
         headers = envelope_headers(message.envelope)
@@ -154,11 +154,11 @@ class Rspamd(Engine):
                 if conn.state.get("received") or call.cancelled or call.remaining() <= 0:
                     raise
                 # not one byte back on a reused connection: the server closed it while idle, retry fresh
-        conn = Connection.open(self.address, call, "rspamd", tls_hostname=self._tls_host)
+        conn = Channel.open(self.address, call, "rspamd", tls_hostname=self._tls_host)
         return self._exchange(conn, method, path, headers, message)
 
     def _exchange(
-        self, conn: Connection, method: str, path: str, headers: list[tuple[bytes, bytes]], message: Message | None
+        self, conn: Channel, method: str, path: str, headers: list[tuple[bytes, bytes]], message: Message | None
     ) -> tuple[int, bytes]:
         """One request/response; the connection is pooled afterwards if both sides allow keep-alive."""
         http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
@@ -188,7 +188,7 @@ class Rspamd(Engine):
                 conn.close()
 
 
-def _read_response(http: h11.Connection, conn: Connection) -> tuple[int, bytes]:
+def _read_response(http: h11.Connection, conn: Channel) -> tuple[int, bytes]:
     """(status, body) of one response, the head capped at MAX_HEAD and the body at MAX_REPLY."""
     status = 0
     body = bytearray()

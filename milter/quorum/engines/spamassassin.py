@@ -15,7 +15,7 @@ from typing import Any
 from quorum.config.fields import Table
 from quorum.config.model import EngineSettings
 from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
-from quorum.engines.transport import Connection, PeerClosed
+from quorum.engines.transport import Channel, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
 
@@ -106,7 +106,7 @@ class SpamAssassin(Engine):
             raise EngineError(f"unexpected PING reply {line[:60]!r}")
 
     def _exchange(self, call: ScanCall, head: bytes, message: Message | None) -> bytes:
-        with Connection.open(self.options["address"], call, "spamd") as conn:
+        with Channel.open(self.options["address"], call, "spamd") as conn:
             try:
                 conn.send(head)
                 if message is not None:
@@ -117,7 +117,7 @@ class SpamAssassin(Engine):
             return _receive(conn)
 
 
-def _receive(conn: Connection) -> bytes:
+def _receive(conn: Channel) -> bytes:
     """Read until spamd closes or the announced Content-length arrived, at most MAX_REPLY bytes.
 
     A status-only reply (`PONG`, an error) has no blank line and ends at EOF.

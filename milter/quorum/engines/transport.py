@@ -1,6 +1,6 @@
 """Engine I/O: the one place adapters open, write and read sockets.
 
-A `Connection` is a stream socket (TCP `host:port`, `[v6]:port`, or a unix socket path) whose
+A `Channel` is a stream socket (TCP `host:port`, `[v6]:port`, or a unix socket path) whose
 every operation is bounded by what is left of the `ScanCall` budget: each blocking call gets
 `call.remaining()` as its timeout, so the whole exchange — not each read — ends at the call's
 deadline (a server dripping one byte per 100 ms still fails at the deadline). The socket is
@@ -8,7 +8,7 @@ registered with the call, so `call.cancel()` shuts it down and a blocked operati
 once. Every failure is an `EngineError` with a short reason (`timeout`, `cancelled`, `connection
 reset`, `reply larger than N bytes`, ...); nothing else escapes.
 
-`ConnectionPool` keeps idle connections for protocols that can reuse them (clamd IDSESSION,
+`ChannelPool` keeps idle connections for protocols that can reuse them (clamd IDSESSION,
 HTTP keep-alive); a pooled connection is rebound to the next call's budget before use.
 """
 
@@ -31,7 +31,7 @@ class PeerClosed(EngineError):
     """The peer stopped reading (broken pipe / reset while sending); it may still have sent a reply."""
 
 
-class Connection:
+class Channel:
     """One socket under a `ScanCall` budget. `peer` names the engine in error messages."""
 
     def __init__(self, sock: socket.socket, address: str, call: ScanCall, peer: str) -> None:
@@ -49,7 +49,7 @@ class Connection:
     # --- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, address: str, call: ScanCall, peer: str = "engine", tls_hostname: str | None = None) -> Connection:
+    def open(cls, address: str, call: ScanCall, peer: str = "engine", tls_hostname: str | None = None) -> Channel:
         """Connect to `address` within the call's budget; EngineError("cannot connect to ...") on failure.
 
         With `tls_hostname` the connection is TLS, the certificate checked against the system CAs.
@@ -84,7 +84,7 @@ class Connection:
             except OSError:
                 pass
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Channel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -212,26 +212,26 @@ class Connection:
         return f"{self.peer} closed the connection without a reply"
 
 
-class ConnectionPool:
+class ChannelPool:
     """Idle connections to one address, reused LIFO; those idle longer than `idle_timeout` are closed.
 
     `on_close` runs (best effort) before a pooled connection is closed, e.g. to send clamd `zEND`.
     """
 
-    def __init__(self, size: int, idle_timeout: float, on_close: Callable[[Connection], None] | None = None) -> None:
+    def __init__(self, size: int, idle_timeout: float, on_close: Callable[[Channel], None] | None = None) -> None:
         self.size = size
         self.idle_timeout = idle_timeout
         self._on_close = on_close
-        self._idle: list[Connection] = []
+        self._idle: list[Channel] = []
         self._lock = threading.Lock()
         self.reused = 0
         self.opened = 0
 
-    def acquire(self, call: ScanCall) -> Connection | None:
+    def acquire(self, call: ScanCall) -> Channel | None:
         """An idle connection bound to `call`, or None (the caller opens a fresh one)."""
         now = time.monotonic()
-        expired: list[Connection] = []
-        conn: Connection | None = None
+        expired: list[Channel] = []
+        conn: Channel | None = None
         with self._lock:
             while self._idle:
                 candidate = self._idle.pop()
@@ -247,7 +247,7 @@ class ConnectionPool:
             conn.rebind(call)
         return conn
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: Channel) -> None:
         """Give a healthy connection back (it is closed instead if the pool is full or it was cancelled)."""
         conn.uses += 1
         if not conn.detach():
@@ -265,7 +265,7 @@ class ConnectionPool:
         for conn in idle:
             self._retire(conn)
 
-    def _retire(self, conn: Connection) -> None:
+    def _retire(self, conn: Channel) -> None:
         if self._on_close is not None:
             conn.rebind(ScanCall(time.monotonic() + 0.2))
             try:

@@ -84,6 +84,7 @@ class Pipeline:
         self.tenants = parts.tenants
         self.removals = tuple(r for stage in self.stages for r in stage.removals)
         self.amenders = [s for s in self.stages if type(s).amend is not Stage.amend]  # post-decision hook
+        self.classifiers = [s for s in self.stages if type(s).recipient_class is not Stage.recipient_class]
         self.stage_pool = ThreadPoolExecutor(max_workers=config.milter.workers, thread_name_prefix="quorum-stage")
         self._policies: dict[str, Policy] = {}
 
@@ -120,31 +121,55 @@ class Pipeline:
         """A recipient: the transaction limit, its tenant policy, then the stages. Accepted ones
         join the envelope. The first accepted recipient fixes the transaction's policy; one whose
         effective policy differs (by fingerprint, not by domain name) gets 452 4.5.3 and the
-        sending MTA delivers it in another transaction, so nothing is lost or scanned twice."""
+        sending MTA delivers it in another transaction, so nothing is lost or scanned twice. The
+        same holds for each stage's recipient class (`Stage.recipient_class`): this is the one
+        place that rule is kept."""
         if len(txn.envelope.recipients) >= self.config.milter.max_recipients:
             metrics.LIMITS_HIT.labels("recipients").inc()
             txn.refused_recipient(Refusal("limits", "rcpt", replies.TOO_MANY_RECIPIENTS, recipient=recipient))
             return replies.TOO_MANY_RECIPIENTS
         tenant = self.tenants.policy_for(recipient)
         first = txn.tenant is None or not txn.envelope.recipients
-        if not first and txn.tenant is not None and txn.tenant.fingerprint != tenant.fingerprint:
-            log.info(
-                "qid=%s recipient <%s> has another policy (%s) than the transaction (%s): 452 4.5.3",
-                txn.envelope.queue_id or "-",
-                printable(recipient),
-                tenant.domain or "global",
-                txn.tenant.domain or "global",
-            )
-            txn.refused_recipient(Refusal("tenants", "rcpt", replies.SEPARATE_TRANSACTION, recipient=recipient))
-            return replies.SEPARATE_TRANSACTION
         if first:
-            txn.tenant = tenant  # visible to the stages' rcpt hooks (DNSBL on/off per domain)
+            txn.tenant = tenant  # visible to the stages' rcpt hooks and classes (DNSBL on/off per domain)
+        elif txn.tenant is not None and txn.tenant.fingerprint != tenant.fingerprint:
+            return self._separate(txn, recipient, "tenants", "policy", tenant.domain, txn.tenant.domain)
+        classes = self._classes(txn, recipient)
+        for stage, ours, kept in zip(self.classifiers, classes, txn.partition if not first else (), strict=False):
+            if ours is not None and kept is not None and ours != kept:
+                return self._separate(txn, recipient, stage.name, f"{stage.name} class", ours, kept)
         reply = self.hook("rcpt", txn, recipient)
         if reply is None:
             txn.envelope.recipients.append(recipient)
+            if first:
+                txn.partition = tuple(classes)
         elif first:
             txn.tenant = None
         return reply
+
+    def _separate(
+        self, txn: Transaction, recipient: str, owner: str, what: str, ours: str | None, kept: str | None
+    ) -> Reply:
+        log.info(
+            "qid=%s recipient <%s> has another %s (%s) than the transaction (%s): 452 4.5.3",
+            txn.envelope.queue_id or "-",
+            printable(recipient),
+            what,
+            ours or "global",
+            kept or "global",
+        )
+        txn.refused_recipient(Refusal(owner, "rcpt", replies.SEPARATE_TRANSACTION, recipient=recipient))
+        return replies.SEPARATE_TRANSACTION
+
+    def _classes(self, txn: Transaction, recipient: str) -> list[str | None]:
+        out: list[str | None] = []
+        for stage in self.classifiers:
+            try:
+                out.append(stage.recipient_class(txn, recipient))
+            except Exception:  # noqa: BLE001 - a stage bug must not break the SMTP session
+                log.exception("stage %s failed in recipient_class", stage.name)
+                out.append(None)
+        return out
 
     def policy_of(self, txn: Transaction) -> tuple[TenantPolicy, Policy]:
         """The transaction's tenant policy and its decision rules (built once per fingerprint)."""

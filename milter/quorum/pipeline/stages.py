@@ -61,6 +61,13 @@ class Stage:
         """Called before `recipient` is added to txn.envelope.recipients."""
         return None
 
+    def recipient_class(self, txn: Transaction, recipient: str) -> str | None:
+        """What this stage treats differently per recipient (an access class: spam checks skipped
+        or not). The recipients of one transaction share every stage's class and the tenant policy:
+        the pipeline answers another one 452 4.5.3 and the client sends it in a new transaction.
+        None: no class to compare (e.g. the stage's `rcpt` will refuse this recipient anyway)."""
+        return None
+
     def data(self, txn: Transaction) -> Reply | None:
         return None
 

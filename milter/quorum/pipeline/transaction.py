@@ -76,6 +76,9 @@ class Transaction:
     envelope: Envelope
     id: str = field(default_factory=lambda: f"{_PREFIX}.{next(_IDS)}")
     tenant: TenantPolicy | None = None  # set by the pipeline at the first accepted recipient
+    # Each stage's recipient class (Stage.recipient_class) that every recipient must share, like
+    # the tenant policy; fixed by the first accepted recipient (pipeline.rcpt keeps the rule).
+    partition: tuple[str | None, ...] = ()
     # Set by SMTP-time hooks in the milter thread:
     results: Results = field(default_factory=Results)  # each stage's own typed results (SPF at MAIL, ...)
     log: dict[str, str] = field(default_factory=dict)  # SMTP-time facts for the log line (spf=pass)

@@ -43,7 +43,7 @@ class RateRefusal:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Admission:
     admitted: bool
     reservation: Reservation | None = None
     refused: Charge | None = None
@@ -81,11 +81,11 @@ class Limiter:
         return self.health.failures
 
     # -- public ------------------------------------------------------------------------------
-    def reserve(self, charges: Sequence[Charge]) -> Decision:
+    def reserve(self, charges: Sequence[Charge]) -> Admission:
         """Take from every bucket or from none."""
         return self._decide("reserve", tuple(charges))
 
-    def check(self, charges: Sequence[Charge]) -> Decision:
+    def check(self, charges: Sequence[Charge]) -> Admission:
         """Would `charges` be admitted now? Nothing is taken."""
         return self._decide("check", tuple(charges))
 
@@ -119,14 +119,14 @@ class Limiter:
         return self.health.failing
 
     # -- internals ---------------------------------------------------------------------------
-    def _decide(self, op: str, charges: tuple[Charge, ...]) -> Decision:
+    def _decide(self, op: str, charges: tuple[Charge, ...]) -> Admission:
         if not charges:
-            return Decision(True)
+            return Admission(True)
         answer, source = self._run(op, charges)
         if answer.admitted:
             reservation = Reservation(charges, source) if op == "reserve" else None
-            return Decision(True, reservation, source=source)
-        return Decision(False, None, charges[answer.refused], answer.wait_us / 1e6, source)
+            return Admission(True, reservation, source=source)
+        return Admission(False, None, charges[answer.refused], answer.wait_us / 1e6, source)
 
     def _run(self, op: str, charges: tuple[Charge, ...]) -> tuple[Answer, str]:
         backend = self._redis()

@@ -20,7 +20,7 @@ from quorum.pipeline import replies
 from quorum.pipeline.stages import Action, Outcome, Reply, Stage
 from quorum.pipeline.transaction import Connection, Findings, Transaction
 from quorum.ratelimit.buckets import Planner
-from quorum.ratelimit.limiter import Decision, Limiter, RateRefusal, Reservation
+from quorum.ratelimit.limiter import Admission, Limiter, RateRefusal, Reservation
 from quorum.ratelimit.settings import RateLimitSettings
 
 log = logging.getLogger("quorum.ratelimit")
@@ -79,7 +79,7 @@ class RateLimitStage(Stage):
     def close(self) -> None:
         self.limiter.close()
 
-    def _refuse(self, env: Envelope, decision: Decision) -> Reply:
+    def _refuse(self, env: Envelope, decision: Admission) -> Reply:
         charge = decision.refused
         metrics.ratelimit_refused(charge.metric_kind if charge else "client_ip")
         label = printable(charge.label) if charge else "this client"
