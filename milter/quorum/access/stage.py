@@ -118,10 +118,17 @@ class AccessStage(Stage):
     def recipient_class(self, txn: Transaction, recipient: str) -> str | None:
         """OK, sender_ok and default recipients go in separate transactions (one skips spam checks)."""
         cls = self._classify(txn, recipient)
+        # The pipeline asks this just before `rcpt` for the same recipient: the lookups are kept
+        # for it on the connection (one thread per connection), not done twice.
+        txn.connection.cache[self.name] = (txn.id, recipient, cls)
         return cls.name if isinstance(cls, AccessClass) else None  # a REJECT: rcpt refuses it
 
     def rcpt(self, txn: Transaction, recipient: str) -> Reply | None:
-        cls = self._classify(txn, recipient)
+        kept = txn.connection.cache.pop(self.name, None)
+        if isinstance(kept, tuple) and kept[:2] == (txn.id, recipient):
+            cls = kept[2]
+        else:
+            cls = self._classify(txn, recipient)
         if isinstance(cls, Reply):
             return cls
         txn.access[recipient.lower()] = cls

@@ -1,6 +1,6 @@
 """`[backscatter]`: BATV key, Message-ID record lifetime and the default action, validated at load.
 
-Redis comes from the shared `[redis]` table (the rate limiter's); per-domain actions will come from
+Redis comes from the shared `[redis]` table (quorum.redisconn); per-domain actions will come from
 the tenants table (`[domains."d"] backscatter = "reject" | "tag" | "quarantine" | "off"`).
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quorum.config.fields import Table
-from quorum.ratelimit.settings import RedisSettings, shared_redis
+from quorum.redisconn import RedisSettings, shared_redis
 
 ACTIONS = ("reject", "tag", "quarantine", "off")
 MIN_KEY_BYTES = 16

@@ -38,9 +38,9 @@ def make_cap(settings: NotifySettings) -> DailyCap:
         redis_settings = settings.redis
 
         def factory() -> Any:
-            from quorum.ratelimit.connect import connect
+            from quorum.redisconn import connect
 
-            return connect(redis_settings).client  # type: ignore[attr-defined]
+            return connect(redis_settings)
 
     return DailyCap(settings.daily_cap, factory, settings.key_prefix, settings.redis_retry)
 

@@ -8,7 +8,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from quorum.config.fields import Table, is_dir
-from quorum.ratelimit.settings import RedisSettings, shared_redis
+from quorum.redisconn import RedisSettings, shared_redis
 
 EVENTS = ("virus", "quarantine", "rule", "spam_reject")  # about one message, submitted by the stage
 DIGEST = "digest"  # what is held for a recipient, sent by `quorum quarantine digest` (daily, from cron/a timer)

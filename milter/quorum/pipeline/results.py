@@ -12,7 +12,6 @@ without knowing their types.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -63,12 +62,6 @@ class Results:
             if callable(fields):
                 out.update(fields())
         return out
-
-    def __iter__(self) -> Iterator[object]:
-        return iter(self._values.values())
-
-    def __len__(self) -> int:
-        return len(self._values)
 
     def __repr__(self) -> str:
         return f"Results({', '.join(f'{k.__name__}<-{self._owners[k]}' for k in self._values)})"

@@ -15,12 +15,12 @@ def parse(root: Table) -> RecordsSettings | None:
 
 
 def client_factory(settings: RecordsSettings) -> Any:
-    """A redis-py client (single, Sentinel master, or Cluster) built like the rate limiter's."""
+    """A redis-py client (single, Sentinel master, or Cluster) from `[redis]` (quorum.redisconn.connect)."""
 
     def factory() -> Any:
-        from quorum.ratelimit.connect import connect  # imports redis-py only when the feature is on
+        from quorum.redisconn import connect
 
-        return connect(settings.redis).client  # type: ignore[attr-defined]
+        return connect(settings.redis)  # imports redis-py: only when the feature is on
 
     return factory
 

@@ -10,7 +10,7 @@ queue_size = 10000          # records waiting for the writer; more are dropped a
 batch = 200                 # records per pipelined round trip
 tenant_metrics = 50         # per-tenant Prometheus series for at most this many tenant domains
 ```
-Needs `[redis]` (the rate limiter's connection settings: single, Sentinel or Cluster).
+Needs `[redis]` (quorum.redisconn: single, Sentinel or Cluster).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quorum.config.fields import Table
-from quorum.ratelimit.settings import RedisSettings, shared_redis
+from quorum.redisconn import RedisSettings, shared_redis
 
 SHARDS = ("auto", "none", "hour")
 

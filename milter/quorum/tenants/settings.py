@@ -10,8 +10,8 @@ backoff = "1s"               # after a Redis error, no lookup for this long (las
 warn_interval = "60s"        # at most one "Redis unreachable" warning per interval
 ```
 
-The Redis server is the one of `[redis]` (single, Sentinel or Cluster), parsed by the rate
-limiter's parser so both features read the table the same way.
+The Redis server is the one of `[redis]` (single, Sentinel or Cluster), parsed by
+`quorum.redisconn` like every feature's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quorum.config.fields import Problems, Table
-from quorum.ratelimit.settings import RedisSettings, shared_redis
+from quorum.redisconn import RedisSettings, shared_redis
 from quorum.tenants.schema import DomainEntry, EngineInfo, SchemaContext, parse_domains
 
 STORES = ("file", "redis")

@@ -32,10 +32,9 @@ def make_cache(settings: VerdictCacheSettings) -> CachedScan:
         key = entry_key(redis_settings.hmac_key or b"")
 
         def factory() -> Any:
-            from quorum.ratelimit.connect import connect
+            from quorum.redisconn import connect
 
-            backend = connect(redis_settings)
-            return getattr(backend, "client", backend)
+            return connect(redis_settings)
 
     store = VerdictStore(factory, settings.ttl, settings.local_entries, settings.key_prefix, key)
     return CachedScan(store, settings.max_parts, settings.max_size)

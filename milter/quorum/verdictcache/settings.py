@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quorum.config.fields import Table
-from quorum.ratelimit.settings import RedisSettings, shared_redis
+from quorum.redisconn import RedisSettings, shared_redis
 
 
 @dataclass(frozen=True)
