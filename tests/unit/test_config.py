@@ -87,17 +87,19 @@ def test_each_error_names_its_key(data: dict[str, Any], key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "key"),
+    ("data", "key", "near"),
     [
-        ({"milterr": {}}, "milterr"),
-        ({"milter": {"scan_dedline": 10}}, "milter.scan_dedline"),
-        ({"policy": {"on_viruses": "reject"}}, "policy.on_viruses"),
-        (clamav(adress="127.0.0.1:3310"), "engines.clamav.adress"),
+        ({"milterr": {}}, "milterr", "milter"),
+        ({"milter": {"scan_dedline": 10}}, "milter.scan_dedline", "scan_deadline"),
+        ({"policy": {"on_viruses": "reject"}}, "policy.on_viruses", "on_virus"),
+        (clamav(adress="127.0.0.1:3310"), "engines.clamav.adress", "address"),
+        ({"milter": {"qqqqqqq": 1}}, "milter.qqqqqqq", None),
     ],
 )
-def test_unknown_keys_are_flagged(data: dict[str, Any], key: str) -> None:
+def test_unknown_keys_are_flagged_with_the_nearest_known_key(data: dict[str, Any], key: str, near: str | None) -> None:
     problems = problems_of(data)
-    assert problems == [f"{key}: unknown key; check the spelling (see README, Configuration)"]
+    hint = f"did you mean {near!r}?" if near else "check the spelling"
+    assert problems == [f"{key}: unknown key; {hint} (see README, Configuration)"]
 
 
 def test_all_problems_are_reported_together() -> None:
@@ -406,14 +408,17 @@ def test_an_adapter_module_that_raises_on_import_is_an_error(tmp_path: Path, mon
 
 def test_an_adapter_whose_option_parser_raises_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "raising_adapter_q.py").write_text(
+        "from pydantic import field_validator\n"
         "from quorum.engines.clamav import ClamAV\n"
         "class Raising(ClamAV):\n"
-        "    @classmethod\n"
-        "    def parse_options(cls, t):\n"
-        "        raise KeyError('oops')\n"
+        "    class Options(ClamAV.Options):\n"
+        "        @field_validator('address')\n"
+        "        @classmethod\n"
+        "        def _boom(cls, v):\n"
+        "            raise KeyError('oops')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    (problem,) = problems_of({"engines": {"x": {"type": "raising_adapter_q:Raising"}}})
+    (problem,) = problems_of({"engines": {"x": {"type": "raising_adapter_q:Raising", "address": "127.0.0.1:1"}}})
     assert problem.startswith("engines.x: ") and "KeyError" in problem
 
 

@@ -8,14 +8,16 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytest
 from tests.harness.fake_engine import FakeEngine as FakeServer
 
 from quorum.assembly import build_pipeline, parse_config
 from quorum.auth.spf import SpfResult
-from quorum.config import Config, Table
+from quorum.config import Config
+from quorum.config.model import EngineTable
+from quorum.config.schema import Duration
 from quorum.engines import ENGINE_TYPES, Engine, EngineError, ScanCall
 from quorum.message import Envelope, Message
 from quorum.pipeline.headers import engine_item, headers_to_add, sanitise_header, sanitise_reply, verdict_value
@@ -24,7 +26,7 @@ from quorum.pipeline.stages import Action
 from quorum.pipeline.transaction import Connection, Transaction
 from quorum.verdict import Category, Status, Verdict
 
-BEHAVIOURS = ("clean", "infected", "spam", "ham", "hang", "stall", "raise", "fail", "barrier", "sleep")
+Behaviour = Literal["clean", "infected", "spam", "ham", "hang", "stall", "raise", "fail", "barrier", "sleep"]
 RELEASE = threading.Event()  # lets "hang" engines go at teardown
 BARRIER: dict[str, threading.Barrier] = {}
 
@@ -36,13 +38,10 @@ class Fake(Engine):
     category: ClassVar[Category] = Category.ANTIVIRUS
     calls: ClassVar[list[str]] = []
 
-    @classmethod
-    def parse_options(cls, table: Table) -> dict[str, Any]:
-        return {
-            "behaviour": table.choice("behaviour", "clean", BEHAVIOURS),
-            "delay": table.duration("delay", 0.0),
-            "virus": table.str("virus", "Fake.Virus"),
-        }
+    class Options(EngineTable):
+        behaviour: Behaviour = "clean"
+        delay: Duration = 0.0
+        virus: str = "Fake.Virus"
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
         Fake.calls.append(self.name)

@@ -88,7 +88,7 @@ def test_every_key_parses() -> None:
         ),
         (
             {"example.com": {"policy": {"on_spamm": "tag"}}},
-            'domains."example.com".policy.on_spamm: unknown key; check the spelling',
+            "domains.\"example.com\".policy.on_spamm: unknown key; did you mean 'on_spam'",
         ),
         ({"example.com": {"engine": []}}, 'domains."example.com".engine: unknown key'),
         (

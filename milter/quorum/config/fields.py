@@ -9,35 +9,18 @@ import builtins
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from quorum.config.problems import ConfigError, Problems, is_dir, shown
+from quorum.config.schema import validate
+
+__all__ = ["ConfigError", "Problems", "Table", "is_dir", "shown"]
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """Raised by `load_config` with every problem found."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-@dataclass
-class Problems:
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def error(self, key: str, message: str) -> None:
-        problem = f"{key}: {message}"
-        if problem not in self.errors:  # two readers of one table report its problem once
-            self.errors.append(problem)
-
-    def warn(self, key: str, message: str) -> None:
-        problem = f"{key}: {message}"
-        if problem not in self.warnings:
-            self.warnings.append(problem)
+M = TypeVar("M", bound="BaseModel")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -193,27 +176,27 @@ class Table:
     def raw(self, name: builtins.str, default: Any = None) -> Any:
         return self._get(name, default)
 
+    def model(self, name: builtins.str, cls: type[M], context: Mapping[builtins.str, Any] | None = None) -> M:
+        """The sub-table `name` validated by the pydantic model `cls` (quorum.config.schema); when it
+        is not valid, its problems are recorded and the model's defaults stand in."""
+        return self.table(name).as_model(cls, context)
+
+    def as_model(self, cls: type[M], context: Mapping[builtins.str, Any] | None = None) -> M:
+        """This table validated by `cls`; its defaults (problems recorded) when it is not valid."""
+        self._seen.update(self.data)
+        found = validate(cls, self.data, self.path, self.problems, context)
+        return found if found is not None else cls.model_construct()
+
     def reject_unknown(self, allowed_extra: Iterable[builtins.str] = ()) -> None:
         """Report keys nobody read: usually a typo the operator wants to hear about."""
+        import difflib
+
+        known = sorted({*self._seen, *allowed_extra})
         for name in self.data:
-            if name not in self._seen and name not in set(allowed_extra):
-                self.problems.error(self.key(name), "unknown key; check the spelling (see README, Configuration)")
-
-
-def shown(value: Any, limit: builtins.int = 80) -> builtins.str:
-    """`repr(value)` cut to `limit` characters, for messages about values of any size."""
-    if isinstance(value, builtins.int) and not isinstance(value, builtins.bool) and value.bit_length() > 200:
-        return f"a number of about {int(value.bit_length() * 0.30103)} digits"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def is_dir(path: builtins.str) -> builtins.bool:
-    """Whether `path` is a directory; False (not an exception) for a NUL or a too-long name."""
-    try:
-        return Path(path).is_dir()
-    except (OSError, ValueError):
-        return False
+            if name not in known:
+                near = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else "check the spelling"
+                self.problems.error(self.key(name), f"unknown key; {hint} (see README, Configuration)")
 
 
 def _finite(value: builtins.int | builtins.float) -> builtins.float | None:

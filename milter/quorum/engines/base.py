@@ -8,8 +8,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from quorum.config.fields import Table
-from quorum.config.model import EngineSettings
+from quorum.config.model import EngineSettings, EngineTable
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
 
@@ -84,14 +83,13 @@ def literal_address(address: str) -> bool:
     return True
 
 
-def validate_address(t: Table, name: str, default: str) -> str:
-    """An engine address: host:port or an absolute unix socket path."""
-    value = t.str(name, default)
+def check_address(value: str) -> str:
+    """An engine address: host:port or an absolute unix socket path (a pydantic field validator)."""
     if not value.startswith("/"):
         try:
             split_host_port(value)
         except ValueError:
-            t.problems.error(t.key(name), f'{value!r} is neither "host:port" nor a unix socket path like "/run/x.sock"')
+            raise ValueError(f'{value!r} is neither "host:port" nor a unix socket path like "/run/x.sock"') from None
     return value
 
 
@@ -103,7 +101,9 @@ class Engine:
     category: ClassVar[Category] = Category.ANTIVIRUS
     # What an answered scan costs until measured (seconds): the cascade orders engines by it.
     prior_cost: ClassVar[float] = 0.05
-    default_max_size: ClassVar[int] = 25 * 1024 * 1024
+    # The adapter's own keys: a model of the whole `[engines.NAME]` table (EngineTable's keys and
+    # the adapter's); they reach the adapter as `self.options`.
+    Options: ClassVar[type[EngineTable]] = EngineTable
     # True when `scan` returns by the call's deadline whatever the engine does: all its I/O on the
     # shared transport under the ScanCall, to an address that needs no name lookup (getaddrinfo
     # is not bounded by the call). Only then may a scan run in the caller's thread.
@@ -113,11 +113,6 @@ class Engine:
         self.settings = settings
         self.name = settings.name
         self.options = settings.options
-
-    @classmethod
-    def parse_options(cls, table: Table) -> dict[str, Any]:
-        """Read and validate the adapter's own keys from its `[engines.NAME]` table."""
-        return {}
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
         raise NotImplementedError

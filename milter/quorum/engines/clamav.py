@@ -37,11 +37,12 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from quorum.config.fields import Table
-from quorum.config.model import EngineSettings
-from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
+from pydantic import AfterValidator
+
+from quorum.config.model import EngineSettings, EngineTable
+from quorum.engines.base import Engine, EngineError, ScanCall, check_address, literal_address
 from quorum.engines.transport import Channel, ChannelPool, PeerClosed
 from quorum.message import Message
 from quorum.verdict import LIMITS_EXCEEDED, Category, Status, Verdict
@@ -67,13 +68,10 @@ class ClamAV(Engine):
     category = Category.ANTIVIRUS
     prior_cost = 0.002
 
-    @classmethod
-    def parse_options(cls, table: Table) -> dict[str, Any]:
-        return {
-            "address": validate_address(table, "address", "127.0.0.1:3310"),
-            "reuse": table.bool("reuse", False),
-            "fdpass": table.bool("fdpass", True),
-        }
+    class Options(EngineTable):
+        address: Annotated[str, AfterValidator(check_address)] = "127.0.0.1:3310"
+        reuse: bool = False
+        fdpass: bool = True
 
     def __init__(self, settings: EngineSettings) -> None:
         super().__init__(settings)

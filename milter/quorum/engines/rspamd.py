@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+from pydantic import field_validator
 
-from quorum.config.fields import Table
-from quorum.config.model import EngineSettings
+from quorum.config.model import EngineSettings, EngineTable
 from quorum.engines.base import Engine, EngineError, ScanCall, literal_address
 from quorum.engines.transport import Channel, ChannelPool, PeerClosed
 from quorum.message import Envelope, Message
@@ -50,28 +50,31 @@ class Rspamd(Engine):
     category = Category.ANTISPAM
     prior_cost = 0.01
 
-    @classmethod
-    def parse_options(cls, table: Table) -> dict[str, Any]:
-        url = table.str("url", "http://127.0.0.1:11333")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            table.problems.error(
-                table.key("url"),
-                f'{url!r} is not an http(s) URL of rspamd\'s normal worker; use e.g. "http://127.0.0.1:11333"',
-            )
-        else:
+    class Options(EngineTable):
+        url: str = "http://127.0.0.1:11333"
+        password: str | None = None
+        settings_id: str | None = None
+
+        @field_validator("url")
+        @classmethod
+        def _url(cls, url: str) -> str:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(
+                    f'{url!r} is not an http(s) URL of rspamd\'s normal worker; use e.g. "http://127.0.0.1:11333"'
+                )
             try:
                 _ = parts.port
             except ValueError:
-                table.problems.error(table.key("url"), f"{url!r} has an invalid port; use e.g. http://127.0.0.1:11333")
-        options: dict[str, Any] = {"url": url}
-        for key in ("password", "settings_id"):
-            value = table.opt_str(key)
+                raise ValueError(f"{url!r} has an invalid port; use e.g. http://127.0.0.1:11333") from None
+            return url
+
+        @field_validator("password", "settings_id")
+        @classmethod
+        def _header(cls, value: str | None) -> str | None:
             if value is not None and (not value.isascii() or _header_value(value) is None):
-                table.problems.error(table.key(key), "must be non-empty printable ASCII without line breaks")
-                value = None
-            options[key] = value
-        return options
+                raise ValueError("must be non-empty printable ASCII without line breaks")
+            return value
 
     def __init__(self, settings: EngineSettings) -> None:
         super().__init__(settings)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Literal
 
-from quorum.config.fields import Table
-from quorum.config.model import EngineSettings
-from quorum.engines.base import Engine, EngineError, ScanCall, literal_address, validate_address
+from pydantic import AfterValidator, Field, field_validator
+
+from quorum.config.model import EngineSettings, EngineTable
+from quorum.config.schema import Size
+from quorum.engines.base import Engine, EngineError, ScanCall, check_address, literal_address
 from quorum.engines.transport import Channel, PeerClosed
 from quorum.message import Message
 from quorum.verdict import Category, Status, Verdict
@@ -63,23 +65,23 @@ class SpamAssassin(Engine):
     type_name = "spamassassin"
     category = Category.ANTISPAM
     prior_cost = 0.3  # about 30x rspamd
-    default_max_size = 512 * 1024  # spamc's own default (500 KB): SpamAssassin gets slow on big bodies
 
     def __init__(self, settings: EngineSettings) -> None:
         super().__init__(settings)
         self.bounded_by_call = literal_address(self.options["address"])
 
-    @classmethod
-    def parse_options(cls, table: Table) -> dict[str, Any]:
-        user = table.opt_str("user")
-        if user is not None and not _USER.match(user):
-            table.problems.error(table.key("user"), f"{user!r} must be one word without spaces or control characters")
-            user = None
-        return {
-            "address": validate_address(table, "address", "127.0.0.1:783"),
-            "user": user,
-            "command": table.choice("command", "SYMBOLS", COMMANDS),
-        }
+    class Options(EngineTable):
+        address: Annotated[str, AfterValidator(check_address)] = "127.0.0.1:783"
+        user: str | None = None
+        command: Literal["SYMBOLS", "REPORT"] = "SYMBOLS"
+        max_size: Size = Field(512 * 1024, ge=1)  # spamc's own default (500 KB): SpamAssassin gets slow on big bodies
+
+        @field_validator("user")
+        @classmethod
+        def _user(cls, value: str | None) -> str | None:
+            if value is not None and not _USER.match(value):
+                raise ValueError(f"{value!r} must be one word without spaces or control characters")
+            return value
 
     def scan(self, message: Message, call: ScanCall) -> Verdict:
         """spamd's own verdict: its score, its required score and its spam flag (the policy applies

@@ -11,7 +11,6 @@ from spam: `virus_caught`/`virus_missed`.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
@@ -45,7 +44,7 @@ def judge(
     """Run every enabled engine once on every sample, at most `jobs` scans at a time."""
     # No circuit breaker here: a failure is recorded on its message, never turned into skips of others.
     runners = [
-        EngineRunner(build_engine(dataclasses.replace(s, breaker_failures=1 << 30))) for s in config.enabled_engines
+        EngineRunner(build_engine(s.model_copy(update={"breaker_failures": 1 << 30}))) for s in config.enabled_engines
     ]
     results = [Judged(s, {}) for s in samples]
     lock = threading.Lock()
@@ -116,12 +115,12 @@ def combine_modes(config: Config, enabled: Sequence[EngineSettings]) -> list[tup
     """Every combine mode with the configured weights: any, all, quorum:K for each K, weighted, max."""
     spam_voters = sum(1 for s in enabled if s.mode == "vote" and _category(s) is Category.ANTISPAM)
     p = config.policy
-    modes = [("any", dataclasses.replace(p, spam_combine="any")), ("all", dataclasses.replace(p, spam_combine="all"))]
+    modes = [(m, p.model_copy(update={"spam_combine": m})) for m in ("any", "all")]
     modes += [
-        (f"quorum:{k}", dataclasses.replace(p, spam_combine="quorum", spam_quorum=k))
+        (f"quorum:{k}", p.model_copy(update={"spam_combine": "quorum", "spam_quorum": k}))
         for k in range(1, max(spam_voters, 1) + 1)
     ]
-    modes += [(m, dataclasses.replace(p, spam_combine=m)) for m in ("weighted", "max")]
+    modes += [(m, p.model_copy(update={"spam_combine": m})) for m in ("weighted", "max")]
     return modes
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from quorum.config.model import EngineSettings, PolicySettings
 from quorum.pipeline.replies import ReplyTexts
 from quorum.tenants.extensions import EXTENSIONS
@@ -39,7 +41,7 @@ class EngineOverride:
 
     def apply(self, settings: EngineSettings) -> EngineSettings:
         changes = {k: getattr(self, k) for k in ENGINE_OVERRIDES if getattr(self, k) is not None}
-        return dataclasses.replace(settings, **changes) if changes else settings
+        return settings.model_copy(update=changes) if changes else settings
 
 
 class Provenance(Mapping[str, str]):
@@ -257,6 +259,8 @@ def to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         plain = {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare}
         return {"__type__": type(value).__name__, **plain}
+    if isinstance(value, BaseModel):
+        return {"__type__": type(value).__name__, **{k: to_plain(getattr(value, k)) for k in type(value).model_fields}}
     pattern = getattr(value, "pattern", None)  # a compiled regular expression
     if isinstance(pattern, (str, bytes)):
         return {"__pattern__": pattern if isinstance(pattern, str) else pattern.decode("latin-1")}

@@ -12,8 +12,8 @@ engine off or on for the domain, keeping the others as the layer below has them)
 
 from __future__ import annotations
 
-import dataclasses
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,7 +21,6 @@ from typing import Any
 
 from quorum.config import model
 from quorum.config.fields import Problems, Table
-from quorum.config.loader import parse_policy  # the [policy] parser itself: same keys, same messages
 from quorum.config.model import PolicySettings
 from quorum.pipeline.replies import PLACEHOLDERS, ReplyTexts
 from quorum.tenants.extensions import EXTENSIONS
@@ -30,8 +29,8 @@ from quorum.tenants.names import WILDCARD, DomainNameError, normalise_pattern
 DMARC_ENFORCE = ("off", "quarantine", "reject")
 ENGINE_KEYS = ("enabled", "mode", "weight", "threshold")
 MAX_REPLY_TEXT = 400  # an SMTP reply line is at most 512 octets with code and enhanced code
-POLICY_KEYS = tuple(f.name for f in dataclasses.fields(PolicySettings))
-REPLY_FIELDS = {f.name: f for f in dataclasses.fields(ReplyTexts)}
+POLICY_KEYS = tuple(PolicySettings.model_fields)
+REPLY_FIELDS = dict(ReplyTexts.model_fields)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -103,7 +102,7 @@ def parse_domain_table(t: Table, name: str, ctx: SchemaContext) -> DomainEntry:
     _engines(t, ctx, values)
     if "policy" in t.data:
         pt = t.table("policy")
-        parsed = parse_policy(pt)  # validates every key and rejects unknown ones, exactly like [policy]
+        parsed = pt.as_model(PolicySettings)  # the [policy] model itself: same keys, bounds, messages
         values.update({f"policy.{k}": getattr(parsed, k) for k in pt.data if k in POLICY_KEYS})
     if "dmarc_enforce" in t.data:
         values["dmarc_enforce"] = t.choice("dmarc_enforce", "off", DMARC_ENFORCE)
@@ -250,7 +249,7 @@ def _engines(t: Table, ctx: SchemaContext, values: dict[str, Any]) -> None:
                 t.problems.error(nt.key("enabled"), f"engine {name!r} is disabled in [engines.{name}]; enable it there")
             values[f"engines.{name}.enabled"] = on
         if "mode" in nt.data:
-            values[f"engines.{name}.mode"] = nt.choice("mode", "vote", model.ENGINE_MODES)
+            values[f"engines.{name}.mode"] = nt.choice("mode", "vote", typing.get_args(model.EngineMode))
         if "weight" in nt.data:
             values[f"engines.{name}.weight"] = nt.float("weight", 1.0, minimum=0.0)
         if "threshold" in nt.data:
@@ -262,7 +261,7 @@ def _replies(t: Table, values: dict[str, Any]) -> None:
     for name, f in REPLY_FIELDS.items():
         if name not in t.data:
             continue
-        if f.type in (bool, "bool"):
+        if f.annotation in (bool, "bool"):
             values[f"replies.{name}"] = t.bool(name, False)
             continue
         text = t.str(name, "")

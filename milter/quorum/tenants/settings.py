@@ -65,13 +65,13 @@ def parse_settings(root: Table) -> TenantSettings | None:
 
 def context_from_root(root: Table) -> SchemaContext:
     """The global engines and policy, read again from the raw tables (the loader reports their problems)."""
-    from quorum.config.loader import parse_policy
+    from quorum.config.model import PolicySettings
     from quorum.engines.settings import parse_engines
 
     scratch = Problems()
     raw_policy = root.data.get("policy", {})
     raw_engines = root.data.get("engines", {})
-    policy = parse_policy(Table(raw_policy if isinstance(raw_policy, Mapping) else {}, "policy", scratch))
+    policy = Table(raw_policy if isinstance(raw_policy, Mapping) else {}, "policy", scratch).as_model(PolicySettings)
     engines = parse_engines(Table(raw_engines if isinstance(raw_engines, Mapping) else {}, "engines", scratch), scratch)
     infos: dict[str, EngineInfo] = {}
     from quorum.engines import adapter_class
