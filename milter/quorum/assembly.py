@@ -28,7 +28,16 @@ if TYPE_CHECKING:
     from quorum.pipeline.runner import EngineRunner, ScanCache
     from quorum.pipeline.stages import Stage
 
-__all__ = ["DEFAULT_CONFIG", "build_pipeline", "build_runners", "build_stages", "load_config", "parse_config"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "build_pipeline",
+    "build_runners",
+    "build_stages",
+    "config_schema",
+    "load_config",
+    "parse_config",
+]
+CORE_TABLES = ("milter", "policy", "replies", "engines")
 
 
 def load_config(path: str | Path) -> Config:
@@ -62,12 +71,71 @@ def _parse_config(data: Mapping[str, Any], path: str | None) -> Config:
             features[f.name] = f.parse(root)
         except Exception as exc:  # noqa: BLE001 - a validator's bug is a reported error, never a crash
             problems.error(f.name, f"cannot be validated ({type(exc).__name__}: {exc}); check its tables")
-    root.reject_unknown()
+    declared = {name for f in all_features() for name in _tables(f, problems)}
+    root.reject_unknown(allowed_extra=declared)
     config = Config(milter, policy, engines, features, replies, (), path)
     _cross_checks(config, problems)
     if problems.errors:
         raise ConfigError(problems.errors)
     return Config(milter, policy, engines, features, replies, tuple(problems.warnings), path)
+
+
+def _tables(feature: Any, problems: Problems) -> dict[str, Any]:
+    try:
+        return feature.tables()  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001 - an installed feature's module may fail to import
+        problems.error(feature.name, f"cannot be loaded ({type(exc).__name__}: {exc}); reinstall or remove it")
+        return {}
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the whole file: Quorum's tables, every engine type's table (by `type`)
+    and every feature's tables, built-in and installed, from the same models that validate it."""
+    from typing import Annotated, Literal, Union
+
+    from pydantic import Field, create_model
+
+    from quorum.config.model import MilterSettings, PolicySettings, ReplyTexts
+    from quorum.config.schema import Settings
+    from quorum.engines import engine_types
+
+    kinds = [
+        create_model(f"Engine_{name}", __base__=adapter_class(name).Options, type=(Literal[name], ...))  # type: ignore[call-overload,arg-type]
+        for name in engine_types()
+    ]
+    engine = Annotated[Union[tuple(kinds)], Field(discriminator="type")] if len(kinds) > 1 else kinds[0]  # noqa: UP007
+    fields: dict[str, Any] = {
+        "milter": (MilterSettings, None),
+        "policy": (PolicySettings, None),
+        "replies": (ReplyTexts, None),
+        "engines": (dict[str, engine], None),  # type: ignore[valid-type]
+    }
+    for feature in all_features():
+        for name, model in feature.tables().items():
+            fields.setdefault(name, (model | None, None))
+    root = create_model("QuorumConfig", __base__=Settings, **fields)
+    schema: dict[str, Any] = _draft4(root.model_json_schema())
+    schema["$schema"] = "http://json-schema.org/draft-04/schema#"
+    schema["title"] = "Quorum configuration (quorum.toml)"
+    return schema
+
+
+def _draft4(node: Any) -> Any:
+    """pydantic writes JSON Schema 2020-12; taplo (Even Better TOML) reads draft 4: `const` becomes
+    a one-value `enum`, numeric exclusive bounds become draft 4's boolean form, `$defs` `definitions`."""
+    if isinstance(node, list):
+        return [_draft4(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {("definitions" if k == "$defs" else k): _draft4(v) for k, v in node.items() if k != "discriminator"}
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out.get(bound), bool):
+            out[plain], out[bound] = out[bound], True
+    if isinstance(out.get("$ref"), str):
+        out["$ref"] = out["$ref"].replace("#/$defs/", "#/definitions/")
+    return out
 
 
 def build_pipeline(config: Config) -> Pipeline:

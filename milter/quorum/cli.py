@@ -1,4 +1,4 @@
-"""`quorum` command line: run, check-config, scan, health, reload."""
+"""`quorum` command line: run, check-config, schema, scan, health, reload, and each feature's commands."""
 
 from __future__ import annotations
 
@@ -45,12 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     health = with_config(sub.add_parser("health", help="check the milter socket and every enabled engine"))
     health.add_argument("--timeout", type=float, default=3.0)
     with_config(sub.add_parser("reload", help="tell the running quorum (via milter.pid_file) to reload"))
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors: README)")
+    schema.add_argument("-o", "--output", help="write it to this file instead of standard output")
     for extension in _cli_extensions():
         extension.add_cli(sub, with_config)
     args = parser.parse_args(argv)
 
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "schema":
+        return cmd_schema(args)
     config = _load(args.config)
     if config is None:
         return 2
@@ -105,6 +109,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     path = str(Path(args.config).resolve()) if args.config else None
     return Supervisor(path, config.milter.stop_timeout, config.milter.pid_file, load_config, ARGV).run()
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from quorum.assembly import config_schema
+
+    text = json.dumps(config_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_check_config(config: Config) -> int:

@@ -1,6 +1,10 @@
 """Optional features, registered in one place (like Django's INSTALLED_APPS).
 
-Each feature parses its own config tables from the root table and builds its SMTP stage.
+A feature is one module that declares `TABLES` (the top-level config tables it owns, each with its
+pydantic model: validated once at load, printed by `quorum schema`), `parse(root)` (its settings
+from those tables, or None when it is off) and `build(config, settings)` (its stages); optionally
+its subcommands (`cli`) and its per-domain keys (`tenant_keys`: key -> module, see
+quorum.tenants.extensions).
 Order matters: stages run in registration order (the auth feature builds access, DNSBL, then
 SPF/DKIM/DMARC; rate limits come after, so an SPF result computed at MAIL FROM is visible to them).
 
@@ -33,6 +37,13 @@ class Feature:
     # The module of its `quorum` subcommands: add_cli(sub, with_config), handles(command) and
     # run_cli(args, config) (quorum.records.cli). An installed feature's own module may provide them.
     cli: str = ""
+    # The per-domain keys it adds to `[domains."d"]`: (key, module with parse_domain/global_value/
+    # merge; see quorum.tenants.extensions). An installed feature's module declares TENANT_KEYS.
+    tenant: tuple[tuple[str, str], ...] = ()
+
+    def tables(self) -> dict[str, Any]:
+        """The top-level tables this feature owns and their models (the module's `TABLES`)."""
+        return dict(getattr(importlib.import_module(self.module), "TABLES", {}))
 
     def _load(self, attr: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), attr)  # type: ignore[no-any-return]
@@ -55,11 +66,17 @@ class Feature:
 FEATURES: tuple[Feature, ...] = (
     Feature("auth", "quorum.auth.feature"),
     Feature("ratelimit", "quorum.ratelimit.feature", cli="quorum.ratelimit.cli"),
-    Feature("quarantine", "quorum.quarantine.feature", cli="quorum.quarantine.cli"),
+    Feature(
+        "quarantine",
+        "quorum.quarantine.feature",
+        cli="quorum.quarantine.cli",
+        tenant=(("quarantine_retention", "quorum.quarantine.tenant"),),
+    ),
     Feature("tenants", "quorum.tenants.feature", cli="quorum.tenants.cli"),
-    Feature("backscatter", "quorum.backscatter.feature"),
+    Feature("backscatter", "quorum.backscatter.feature", tenant=(("backscatter", "quorum.backscatter.tenant"),)),
     Feature("verdict_cache", "quorum.verdictcache.feature"),
-    Feature("notify", "quorum.notify.feature"),  # after ratelimit: [redis] problems are reported once
+    # after ratelimit: [redis] problems are reported once
+    Feature("notify", "quorum.notify.feature", tenant=(("notify", "quorum.notify.tenant"),)),
     Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
     # last: it records what the stages before it did
     Feature("records", "quorum.records.feature", cli="quorum.records.cli"),
@@ -80,7 +97,9 @@ def installed_features() -> tuple[Feature, ...]:
                 log.warning("feature %r from %s ignored: the name is taken", ep.name, ep.value)
                 continue
             taken.add(ep.name)
-            found.append(Feature(ep.name, ep.value.partition(":")[0]))
+            module = ep.value.partition(":")[0]
+            keys = getattr(importlib.import_module(module), "TENANT_KEYS", {})
+            found.append(Feature(ep.name, module, tenant=tuple(dict(keys).items())))
     except Exception:  # noqa: BLE001 - broken package metadata must not stop Quorum
         log.exception("cannot read the %s entry points", ENTRY_POINTS)
     return tuple(found)

@@ -47,7 +47,9 @@ RULES = parse_rules(
 )
 limits_strategy = st.one_of(
     st.just(MimeLimits()),
-    st.builds(MimeLimits, st.integers(1, 30), st.integers(1, 6), st.integers(1, 4096)),
+    st.builds(
+        MimeLimits, max_parts=st.integers(1, 30), max_depth=st.integers(1, 6), body_max_bytes=st.integers(1, 4096)
+    ),
 )
 
 

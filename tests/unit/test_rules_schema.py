@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from quorum.assembly import parse_config
 from quorum.config.fields import ConfigError, Problems, Table
 from quorum.rules import MimeLimits, Rule, parse_rules
-from quorum.rules.feature import RulesSettings, parse
+from quorum.rules.feature import TABLES, RulesSettings, parse
 
 
 def rule(**overrides: Any) -> dict[str, Any]:
@@ -65,13 +66,29 @@ def test_header_rule_knows_its_header() -> None:
         ({"action": "score", "score": "high"}, "rules[0].score: expected a number"),
         ({"score": float("nan")}, "rules[0].score: must be a finite number"),
         ({"ignore_case": "yes"}, "rules[0].ignore_case: expected true or false"),
-        ({"name": None}, "rules[0].name: missing"),
+        ({"name": None}, "rules[0].name: missing; give the rule a name"),
+        ({"name": " "}, "rules[0].name: must not be empty; give the rule a name"),
+        ({"score": True}, "rules[0].score: expected a number"),
+        ({"score": 1e16}, "rules[0].score: must be at most 1000000000000000.0, got 1e+16"),
         ({"colour": "red"}, "rules[0].colour: unknown key"),
     ],
 )
 def test_problems_name_the_key(overrides: dict[str, Any], expected: str) -> None:
     errors = errors_of([rule(**overrides)])
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_every_problem_of_a_rule_is_reported_at_once() -> None:
+    errors = errors_of([{"name": "", "where": "x", "pattern": "(", "ignore_case": 1, "action": "score", "extra": 1}])
+    keys = sorted(e.split(":", 1)[0] for e in errors)
+    assert keys == [f"rules[0].{k}" for k in ("extra", "ignore_case", "name", "pattern", "score", "where")], errors
+
+
+def test_ignore_case_is_compiled_in_and_names_are_stripped() -> None:
+    (r,) = parse_rules([rule(name=" casino ", pattern="spins", ignore_case=True)], "rules", Problems())
+    assert r.name == "casino" and r.regex.search("FREE SPINS") is not None
+    (s,) = parse_rules([rule(pattern="spins")], "rules", Problems())
+    assert s.regex.search("FREE SPINS") is None and s.where == "body"
 
 
 def test_the_index_and_table_key_are_in_the_name() -> None:
@@ -87,6 +104,14 @@ def test_invalid_rules_are_dropped_valid_ones_kept() -> None:
 
 def test_duplicate_names_are_refused() -> None:
     assert any("rules[1].name: 'r' is used by another rule" in e for e in errors_of([rule(), rule()]))
+
+
+def test_rules_without_a_name_are_not_duplicates() -> None:
+    errors = errors_of([rule(name=None), rule(name=None)])
+    assert errors == [
+        'rules[0].name: missing; give the rule a name for logs, e.g. name = "casino-spam"',
+        'rules[1].name: missing; give the rule a name for logs, e.g. name = "casino-spam"',
+    ]
 
 
 def test_not_an_array_or_not_tables() -> None:
@@ -110,7 +135,7 @@ def test_rules_compare_by_configuration_not_by_compiled_regex() -> None:
 
 def test_feature_without_rules_or_mime_has_defaults() -> None:
     """Always settings: tenants may bring rules of their own at any time."""
-    assert parse(Table({}, "", Problems())) == RulesSettings((), MimeLimits())
+    assert parse(Table({}, "", Problems())) == RulesSettings(rules=(), limits=MimeLimits())
 
 
 def test_feature_reads_rules_and_mime_limits() -> None:
@@ -125,6 +150,35 @@ def test_feature_reads_rules_and_mime_limits() -> None:
 
 def test_mime_defaults() -> None:
     assert MimeLimits() == MimeLimits(max_parts=500, max_depth=20, body_max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("mime", "expected"),
+    [
+        ({"max_parts": 0}, "mime.max_parts: must be at least 1, got 0"),
+        ({"max_parts": 100_001}, "mime.max_parts: must be at most 100000, got 100001"),
+        ({"max_depth": "5"}, "mime.max_depth: expected a whole number, got '5'; fix the value or remove the key"),
+        ({"body_max_bytes": 0}, "mime.body_max_bytes: must be at least 1, got 0"),
+        ({"body_max_bytes": "lots"}, "mime.body_max_bytes: expected bytes or a size such as \"25M\", got 'lots'"),
+    ],
+)
+def test_mime_bounds(mime: dict[str, Any], expected: str) -> None:
+    problems = Problems()
+    settings = parse(Table({"mime": mime}, "", problems))
+    assert any(e.startswith(expected) for e in problems.errors), problems.errors
+    assert settings.limits == MimeLimits()  # an invalid table: its defaults stand in
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_tables_have_a_json_schema(name: str) -> None:
+    schema = TypeAdapter(TABLES[name]).json_schema()
+    if name == "rules":
+        assert schema["type"] == "array"
+        keys = schema["$defs"]["Rule"]["properties"]
+        assert sorted(keys) == ["action", "ignore_case", "name", "pattern", "score", "where"]  # regex is no key
+        assert keys["action"]["enum"] == ["reject", "quarantine", "tag", "score"]
+    else:
+        assert schema["properties"]["max_depth"]["maximum"] == 100
 
 
 def test_through_the_config_loader() -> None:

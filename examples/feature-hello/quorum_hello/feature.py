@@ -1,43 +1,36 @@
 """`[hello] greeting = "..."`: adds `X-Hello: <greeting>` to every message Quorum delivers.
 
-A feature is a module with `parse(root)` (read and validate its own table, report every problem
-under its dotted key, return its settings or None when the table is absent) and
-`build(config, settings)` (its stages), named by an entry point in the group `quorum.features`.
+A feature is a module named by an entry point in the group `quorum.features`, with
+- `TABLES`: the top-level config tables it owns and their pydantic models (`quorum schema`
+  prints them; a key the model does not declare is an error with a "did you mean");
+- `parse(root)`: its settings from the validated tables, or None when it is not configured;
+- `build(config, settings)`: its stages.
 This one uses the post-decision hook (`Stage.amend`): the header is added to the final message,
 after the decision, so refused mail never gets it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from quorum.config.fields import Table, shown
+from pydantic import Field
+
+from quorum.config.fields import Table
+from quorum.config.schema import Settings
 from quorum.pipeline.amend import Amendment, FinalMessage
 from quorum.pipeline.stages import Stage
 from quorum.pipeline.transaction import Transaction
 
-MAX_LENGTH = 64
+
+class HelloSettings(Settings):
+    greeting: str = Field(min_length=1, max_length=64, pattern=r"^[ -~]+$")  # printable ASCII
 
 
-@dataclass(frozen=True)
-class HelloSettings:
-    greeting: str
+TABLES = {"hello": HelloSettings}
 
 
 def parse(root: Table) -> HelloSettings | None:
-    if "hello" not in root.data:
-        return None
-    t = root.table("hello")
-    greeting = t.str("greeting", "")
-    if not (0 < len(greeting) <= MAX_LENGTH and all(" " <= c <= "~" for c in greeting)):
-        t.problems.error(
-            t.key("greeting"),
-            f"must be 1 to {MAX_LENGTH} printable ASCII characters, got {shown(greeting)}; "
-            'write e.g. greeting = "Hello from Quorum"',
-        )
-    t.reject_unknown()
-    return HelloSettings(greeting)
+    return root.model("hello", HelloSettings) if "hello" in root.data else None
 
 
 class HelloStage(Stage):

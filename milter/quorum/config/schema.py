@@ -19,7 +19,15 @@ import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from quorum.config.problems import Problems, shown
@@ -94,8 +102,13 @@ def _bytes(value: Any) -> Any:
 
 Int = Annotated[int, AfterValidator(_bounded(MAX_INT))]
 Float = Annotated[float, AfterValidator(_bounded(MAX_FLOAT))]
-Duration = Annotated[float, BeforeValidator(_seconds), AfterValidator(_bounded(MAX_DURATION))]
-Size = Annotated[int, BeforeValidator(_bytes), AfterValidator(_bounded(MAX_SIZE))]
+# In the JSON Schema (editors), both a number and the string forms; the loader checks the bounds.
+_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]}
+Duration = Annotated[
+    float, BeforeValidator(_seconds), AfterValidator(_bounded(MAX_DURATION)), WithJsonSchema(_DURATION_SCHEMA)
+]
+Size = Annotated[int, BeforeValidator(_bytes), AfterValidator(_bounded(MAX_SIZE)), WithJsonSchema(_SIZE_SCHEMA)]
 
 
 def validate(
@@ -155,8 +168,12 @@ _BOUNDS = {
     "greater_than": ("gt", "above"),
     "less_than_equal": ("le", "at most"),
     "less_than": ("lt", "below"),
-    "too_short": ("min_length", "at least this long:"),
-    "too_long": ("max_length", "at most this long:"),
+}
+_LENGTHS = {
+    "string_too_short": ("min_length", "at least", "characters"),
+    "string_too_long": ("max_length", "at most", "characters"),
+    "too_short": ("min_length", "at least", "items"),
+    "too_long": ("max_length", "at most", "items"),
 }
 
 
@@ -181,6 +198,12 @@ def explain(error: Mapping[str, Any], model: type[BaseModel], loc: tuple[Any, ..
     if kind in _BOUNDS:
         name, words = _BOUNDS[kind]
         return f"must be {words} {ctx.get(name)}, got {got}"
+    if kind in _LENGTHS:
+        name, words, unit = _LENGTHS[kind]
+        count = ctx.get(name)
+        return f"must have {words} {count} {unit[:-1] if count == 1 else unit}, got {got}"
+    if kind == "string_pattern_mismatch":
+        return f"must match the pattern {ctx.get('pattern')}, got {got}"
     if kind == "quorum":
         return f"{error['msg']}, got {got}"
     message = str(error["msg"])

@@ -17,18 +17,20 @@ from __future__ import annotations
 from typing import Any
 
 from quorum.config.fields import Table
-from quorum.rules.schema import parse_rules
-from quorum.rules.settings import RulesSettings, parse_limits
+from quorum.rules.mime import MimeLimits
+from quorum.rules.schema import Rule, parse_rules
+from quorum.rules.settings import RulesSettings
 from quorum.rules.stage import RulesStage
 
-__all__ = ["RulesSettings", "build", "parse"]
+__all__ = ["TABLES", "RulesSettings", "build", "parse"]
+
+TABLES: dict[str, Any] = {"rules": tuple[Rule, ...], "mime": MimeLimits}
 
 
 def parse(root: Table) -> RulesSettings:
     """Always settings (maybe no global rule): tenants may bring rules of their own at any time."""
-    rules = parse_rules(root.raw("rules"), "rules", root.problems)
-    limits = parse_limits(root.table("mime"))
-    return RulesSettings(rules, limits)
+    rules = parse_rules(root.data.get("rules"), "rules", root.problems)
+    return RulesSettings(rules=rules, limits=root.model("mime", MimeLimits))
 
 
 def build(config: Any, settings: RulesSettings) -> list[Any]:

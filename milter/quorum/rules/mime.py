@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from email.feedparser import BytesFeedParser
 from typing import Any
 
+from pydantic import Field
+
+from quorum.config.schema import Int, Settings, Size
 from quorum.message import Message
 from quorum.rules.decode import clean, decode_bytes, decode_encoded_words, transfer_decode
 from quorum.rules.html_text import html_to_text
@@ -29,13 +32,14 @@ _CHUNK = 65536
 _MAX_NAME = 1024  # longer file names are cut for matching (a name is no place for megabytes)
 
 
-@dataclass(frozen=True)
-class MimeLimits:
-    """Bounds for anything that walks a message's MIME tree."""
+class MimeLimits(Settings):
+    """Bounds for anything that walks a message's MIME tree: the `[mime]` table."""
 
-    max_parts: int = 500  # parts created by the parser, the message itself included
-    max_depth: int = 20  # nesting of multipart / message/rfc822 containers below the top
-    body_max_bytes: int = 1 << 20  # transfer-decoded text (plain + HTML source) examined, all parts together
+    max_parts: Int = Field(500, ge=1, le=100_000)  # parts created by the parser, the message itself included
+    max_depth: Int = Field(
+        20, ge=1, le=100
+    )  # nesting of multipart / message/rfc822 below the top (the parser recurses)
+    body_max_bytes: Size = Field(1 << 20, ge=1)  # transfer-decoded text (plain + HTML source) examined, all parts
 
 
 @dataclass(frozen=True)

@@ -14,38 +14,104 @@ the same thing wherever it is written; problems are named `rules[2].pattern: ...
 
 from __future__ import annotations
 
-import math
+import functools
 import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import re2
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 
-from quorum.config.fields import Problems, Table
+from quorum.config.problems import Problems
+from quorum.config.schema import Float, Settings, dotted, explain
 
-ACTIONS = ("reject", "quarantine", "tag", "score")
+Action = Literal["reject", "quarantine", "tag", "score"]
+ACTIONS: tuple[str, ...] = typing.get_args(Action)
 PLACES = ("subject", "body", "filename")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon, no space
+# What to write when a key is missing or empty.
+HINTS = {
+    "name": 'give the rule a name for logs, e.g. name = "casino-spam"',
+    "where": 'set where to "subject", "header:NAME", "body" or "filename"',
+    "pattern": "write an RE2 regular expression, e.g. pattern = '(?i)free money'",
+    "action": f"set action to one of {' | '.join(ACTIONS)}",
+}
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One validated rule. Equality and hash use the configured values, not the compiled regex,
-    so rule tuples can take part in a policy fingerprint."""
+class Rule(Settings):
+    """One validated rule, its pattern compiled at load (`regex`). Equality and hash use the
+    configured values, not the compiled regex, so rule tuples can take part in a policy fingerprint."""
 
     name: str
     where: str  # "subject" | "body" | "filename" | "header:<name as written>"
+    ignore_case: bool = False  # before `pattern`: the pattern is compiled with it
     pattern: str
-    ignore_case: bool
-    action: str
-    score: float
-    regex: Any = field(compare=False, hash=False, repr=False)  # re2._Regexp
+    action: Action
+    score: Float = 0.0  # required with action = "score"
 
     @property
     def header(self) -> str | None:
         """The header name (lower case) for `where = "header:NAME"`, else None."""
         return self.where[7:].lower() if self.where.startswith("header:") else None
+
+    @functools.cached_property
+    def regex(self) -> Any:  # re2._Regexp: kept beside the fields (not one of them)
+        return compile_pattern(self.pattern, self.ignore_case)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _score_required(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("action") == "score" and "score" not in data:
+            return {**data, "score": None}  # refused by _score, under the score key
+        return data
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError('required with action = "score"; add e.g. score = 3.0')
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _filled(value, "name").strip()
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: str) -> str:
+        if _filled(value, "where") in PLACES:
+            return value
+        if not value.startswith("header:"):
+            raise ValueError(f"{value!r} is not a place to match; {HINTS['where']}")
+        name = value[7:].strip()
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f'{value!r}: {name!r} is not a header name; write e.g. "header:X-Mailer"')
+        return "header:" + name
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str, info: ValidationInfo) -> str:
+        _filled(value, "pattern")
+        try:
+            compile_pattern(value, info.data.get("ignore_case") is True)
+        except ValueError as exc:
+            raise ValueError(
+                f"RE2 cannot compile {value!r}: {exc}; RE2 has no backreferences or look-around: rewrite without them"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _compiled(self) -> Rule:
+        self.regex  # noqa: B018 - compiled now, at load, not on the first message
+        return self
+
+
+def _filled(value: str, key: str) -> str:
+    if not value.strip():
+        raise ValueError(f"must not be empty; {HINTS[key]}")
+    return value
 
 
 def compile_pattern(pattern: str, ignore_case: bool) -> Any:
@@ -79,79 +145,19 @@ def parse_rules(value: Any, table_key: str, problems: Problems) -> tuple[Rule, .
         if not isinstance(item, Mapping):
             problems.error(key, "expected a table with name, where, pattern and action")
             continue
-        rule = _parse_rule(Table(item, key, problems), names)
-        if rule is not None:
+        name = item["name"].strip() if isinstance(item.get("name"), str) else ""
+        taken = bool(name) and name in names
+        if taken:
+            problems.error(f"{key}.name", f"{name!r} is used by another rule here; give each rule its own name")
+        names.add(name)
+        try:
+            rule = Rule.model_validate(dict(item))
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                loc = tuple(error["loc"])
+                hint = HINTS.get(str(loc[0])) if error["type"] == "missing" and len(loc) == 1 else None
+                problems.error(dotted(key, loc), f"missing; {hint}" if hint else explain(error, Rule, loc))
+            continue
+        if not taken:
             rules.append(rule)
     return tuple(rules)
-
-
-def _required_str(t: Table, name: str, hint: str) -> str:
-    if name not in t.data:
-        t.raw(name)
-        t.problems.error(t.key(name), f"missing; {hint}")
-        return ""
-    value = t.str(name, "")
-    if name in t.data and isinstance(t.data[name], str) and not value.strip():
-        t.problems.error(t.key(name), f"must not be empty; {hint}")
-        return ""
-    return value
-
-
-def _parse_where(t: Table) -> str:
-    hint = 'set where to "subject", "header:NAME", "body" or "filename"'
-    where = _required_str(t, "where", hint)
-    if not where or where in PLACES:
-        return where
-    if where.startswith("header:"):
-        name = where[7:].strip()
-        if _HEADER_NAME.match(name):
-            return "header:" + name
-        t.problems.error(t.key("where"), f'{where!r}: {name!r} is not a header name; write e.g. "header:X-Mailer"')
-        return ""
-    t.problems.error(t.key("where"), f"{where!r} is not a place to match; {hint}")
-    return ""
-
-
-def _parse_rule(t: Table, names: set[str]) -> Rule | None:
-    errors_before = len(t.problems.errors)
-    name = _required_str(t, "name", 'give the rule a name for logs, e.g. name = "casino-spam"').strip()
-    if name and name in names:
-        t.problems.error(t.key("name"), f"{name!r} is used by another rule here; give each rule its own name")
-    names.add(name)
-    where = _parse_where(t)
-    ignore_case = t.bool("ignore_case", False)
-    pattern = _required_str(t, "pattern", "write an RE2 regular expression, e.g. pattern = '(?i)free money'")
-    regex = None
-    if pattern:
-        try:
-            regex = compile_pattern(pattern, ignore_case)
-        except ValueError as exc:
-            t.problems.error(
-                t.key("pattern"),
-                f"RE2 cannot compile {pattern!r}: {exc}; "
-                "RE2 has no backreferences or look-around: rewrite without them",
-            )
-    action = ""
-    if "action" not in t.data:
-        t.raw("action")
-        t.problems.error(t.key("action"), f"missing; set action to one of {' | '.join(ACTIONS)}")
-    else:
-        action = t.choice("action", "", ACTIONS)
-    score = _parse_score(t, action)
-    t.reject_unknown()
-    if len(t.problems.errors) != errors_before or regex is None:
-        return None
-    return Rule(name, where, pattern, ignore_case, action, score, regex)
-
-
-def _parse_score(t: Table, action: str) -> float:
-    if "score" not in t.data:
-        t.raw("score")
-        if action == "score":
-            t.problems.error(t.key("score"), 'required with action = "score"; add e.g. score = 3.0')
-        return 0.0
-    score = t.float("score", 0.0)
-    if not math.isfinite(score):
-        t.problems.error(t.key("score"), f"must be a finite number, got {score}")
-        return 0.0
-    return score

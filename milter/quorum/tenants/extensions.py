@@ -1,7 +1,8 @@
 """Per-domain keys owned by other features (`notify`, `backscatter`, `quarantine_retention`, ...).
 
-A feature that adds a key to `[domains."d"]` registers it here: one `DomainExtension` line in
-`EXTENSIONS` naming its module. The module provides
+A feature that adds a key to `[domains."d"]` declares it on its Feature (`tenant=` in
+quorum.features, or `TENANT_KEYS = {key: module}` in an installed feature's module), naming the
+module that provides
 
 - `parse_domain(table: Table, key: str) -> value`: validate `table.raw(key)` (the domain's table;
   report problems under `table.key(key)`) and return a frozen value built from plain data
@@ -42,12 +43,13 @@ class DomainExtension:
         return fn(lower, upper) if fn is not None else upper
 
 
-_REGISTERED: tuple[DomainExtension, ...] = (
-    DomainExtension("notify", "quorum.notify.tenant"),
-    DomainExtension("backscatter", "quorum.backscatter.tenant"),
-    DomainExtension("quarantine_retention", "quorum.quarantine.tenant"),
-)
-EXTENSIONS: dict[str, DomainExtension] = {ext.key: ext for ext in _REGISTERED}
+def _declared() -> dict[str, DomainExtension]:
+    from quorum.features import all_features
+
+    return {key: DomainExtension(key, module) for f in all_features() for key, module in f.tenant}
+
+
+EXTENSIONS: dict[str, DomainExtension] = _declared()
 
 
 def register_extension(ext: DomainExtension) -> None:
