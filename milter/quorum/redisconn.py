@@ -1,7 +1,8 @@
 """Redis for every feature that keeps state there: `[redis]`, the connection, the failure policy.
 
 `[redis]` is one table shared by the rate limiter, tenant records, session records, the notify
-cap, backscatter and the verdict cache; `RedisSettings` is its parsed form (validated at load).
+cap, backscatter and the verdict cache: `RedisTable` validates it as written, `RedisSettings` adds
+what its files hold (`parse_redis`, at load; `shared_redis` for a feature that reads it too).
 
 `connect(settings)` builds the redis-py client: a single server (`redis://`, `rediss://` for TLS,
 `unix://`), a Sentinel-managed master (`sentinels` + `service_name`), or a Cluster
@@ -19,40 +20,126 @@ per `warn_interval`, one line when Redis is back, and `quorum_redis_failures_tot
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
 from quorum import metrics
-from quorum.config.fields import Problems, Table
+from quorum.config.fields import Table
+from quorum.config.schema import Duration, Settings, validate
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
+TLS_FILES = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+_FILES = ("password_file", "sentinel_password_file", "hmac_key_file", *TLS_FILES)
 
 
-@dataclass(frozen=True)
-class RedisSettings:
+def raise_at(problems: Iterable[tuple[str, str]]) -> None:
+    """Raise, from a validator, each (key, text) as the problem of that key: a cross-field check
+    names the key to fix (not its table), and every one is reported, not only the first."""
+    details = [
+        InitErrorDetails(type=PydanticCustomError("value_error", text), loc=(key,), input=None)
+        for key, text in problems
+    ]
+    if details:
+        raise ValidationError.from_exception_data("Settings", details)
+
+
+def _host_port(default_port: int, item: Any) -> Any:
+    """(host, port) from "host:port", "[v6]:port" or a bare host (the default port)."""
+    if isinstance(item, tuple):  # (host, port), from code
+        return item
+    if not isinstance(item, str):
+        raise PydanticCustomError("quorum_type", 'expected "host:port"')
+    host, sep, port = item.rpartition(":")
+    if not sep:
+        host, port = item, str(default_port)
+    host = host.strip("[]")
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f'{item!r} is not "host:port"; use e.g. "127.0.0.1:{default_port}"')
+    return (host, int(port))
+
+
+Node = Annotated[tuple[str, int], BeforeValidator(functools.partial(_host_port, 6379), json_schema_input_type=str)]
+Sentinel = Annotated[tuple[str, int], BeforeValidator(functools.partial(_host_port, 26379), json_schema_input_type=str)]
+
+
+class RedisTable(Settings):
+    """`[redis]` as written: one table shared by every feature that keeps state in Redis."""
+
     url: str = "redis://127.0.0.1:6379/0"
     cluster: bool = False
-    cluster_nodes: tuple[tuple[str, int], ...] = ()
-    sentinels: tuple[tuple[str, int], ...] = ()
+    cluster_nodes: tuple[Node, ...] = ()
+    sentinels: tuple[Sentinel, ...] = ()
     service_name: str = ""
-    sentinel_password: str | None = field(default=None, repr=False)
-    timeout: float = 0.25
-    connect_timeout: float = 0.25
-    # ACL password (from `password_file`; a password in `url` stays there), TLS files for rediss://
-    password: str | None = field(default=None, repr=False)
-    tls_ca_file: str | None = None
+    sentinel_password: str | None = Field(None, repr=False)
+    sentinel_password_file: str | None = None
+    timeout: Duration = Field(0.25, ge=0.01)
+    connect_timeout: Annotated[Duration, Field(ge=0.01)] | None = None  # None: `timeout`
+    password_file: str | None = None  # the ACL password (a password in `url` stays there)
+    tls_ca_file: str | None = None  # TLS files, for rediss://
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    # `hmac_key_file`: authenticates what Quorum must trust when it reads it back (verdict cache)
-    hmac_key: bytes | None = field(default=None, repr=False)
+    hmac_key_file: str | None = None  # authenticates what Quorum must trust when it reads it back
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if urlsplit(url).scheme.lower() not in _URL_SCHEMES:
+            raise ValueError(
+                f"{url!r}: use redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///path/redis.sock"
+            )
+        from redis.connection import parse_url
+
+        try:
+            parse_url(url)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{url!r}: {exc}") from None
+        return url
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisTable:
+        scheme = urlsplit(self.url).scheme.lower()
+        tls = [name for name in TLS_FILES if getattr(self, name)]
+        found = []
+        if self.password_file is not None and _url_password(self.url):
+            found.append(("password_file", "the url carries a password too; keep one (remove it from the url)"))
+        if self.sentinel_password is not None and self.sentinel_password_file is not None:
+            found.append(("sentinel_password_file", "sentinel_password is set too; keep one"))
+        if tls and scheme != "rediss":
+            found.append((tls[0], "TLS files need a rediss:// url (TLS); change the url or remove the key"))
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            found.append(("tls_cert_file", "a client certificate needs both tls_cert_file and tls_key_file"))
+        if self.cluster and self.sentinels:
+            found.append(("cluster", "a Redis Cluster is not used through Sentinel; remove sentinels or cluster"))
+        if self.cluster and scheme == "unix":
+            found.append(("url", "a Redis Cluster needs a redis:// or rediss:// seed node address"))
+        if self.cluster_nodes and not self.cluster:
+            found.append(("cluster_nodes", "only used with cluster = true; set it or remove cluster_nodes"))
+        if self.sentinels and not self.service_name:
+            found.append(("service_name", 'missing; set the master name the sentinels monitor (e.g. "quorum")'))
+        if self.service_name and not self.sentinels:
+            found.append(("sentinels", 'missing; list the sentinels, e.g. ["127.0.0.1:26379"]'))
+        raise_at(found)
+        return self
+
+
+class RedisSettings(RedisTable):
+    """What a feature connects with: `[redis]`, the connect timeout resolved, and the secrets its
+    files hold (read at load by `parse_redis`). `RedisSettings(url=...)` for code and tests."""
+
+    connect_timeout: Duration = Field(0.25, ge=0.01)
+    password: str | None = Field(None, repr=False)
+    hmac_key: bytes | None = Field(None, repr=False)
 
     @property
     def mode(self) -> str:
@@ -64,106 +151,49 @@ class RedisSettings:
 
     def auth_kwargs(self) -> dict[str, str]:
         """redis-py keyword arguments for the password (from the file) and the TLS files."""
-        out: dict[str, str] = {}
-        if self.password is not None:
-            out["password"] = self.password
-        for kwarg, value in (
-            ("ssl_ca_certs", self.tls_ca_file),
-            ("ssl_certfile", self.tls_cert_file),
-            ("ssl_keyfile", self.tls_key_file),
-        ):
-            if value is not None:
-                out[kwarg] = value
+        found = {"password": self.password, "ssl_ca_certs": self.tls_ca_file}
+        found.update(ssl_certfile=self.tls_cert_file, ssl_keyfile=self.tls_key_file)
+        return {kwarg: value for kwarg, value in found.items() if value is not None}
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(key, text) for a Redis that whoever reaches it can rewrite, or read on the way."""
+        if self.password is None and not _url_password(self.url):
+            return [("url", UNAUTHENTICATED)]
+        out = []
+        if urlsplit(self.url).scheme.lower() == "redis" and not _loopback(self.url):
+            out.append(("url", CLEAR_TEXT))
+        if self.sentinels and self.sentinel_password is None:
+            out.append(("sentinel_password", OPEN_SENTINELS))
         return out
-
-
-def _host_port(t: Table, name: str, default_port: int) -> tuple[tuple[str, int], ...]:
-    out = []
-    for item in map(str, t.str_list(name)):
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            host, port = item, str(default_port)
-        host = host.strip("[]")
-        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            t.problems.error(t.key(name), f'{item!r} is not "host:port"; use e.g. "127.0.0.1:{default_port}"')
-            continue
-        out.append((host, int(port)))
-    return tuple(out)
 
 
 def shared_redis(root: Table) -> RedisSettings | None:
     """`[redis]` for a feature that uses it (None when absent). Several features read the same
-    table: its problems are reported once, whoever reads it first."""
-    if "redis" not in root.data:
-        return None
-    root.table("redis")  # mark it read for root.reject_unknown()
-    mine = Problems()
-    data = root.data["redis"]
-    settings = parse_redis(Table(data if isinstance(data, Mapping) else {}, "redis", mine))
-    for error in mine.errors:
-        if error not in root.problems.errors:
-            root.problems.errors.append(error)
-    for warning in mine.warnings:
-        if warning not in root.problems.warnings:
-            root.problems.warnings.append(warning)
-    return settings
+    table: its problems are reported once (Problems keeps one of each), whoever reads it first."""
+    return parse_redis(root.table("redis")) if "redis" in root.data else None
 
 
 def parse_redis(t: Table) -> RedisSettings:
-    """`[redis]`: one table shared by every feature that keeps state in Redis."""
-    d = RedisSettings()
-    url = t.str("url", d.url)
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in _URL_SCHEMES:
-        t.problems.error(
-            t.key("url"), f"{url!r}: use redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///path/redis.sock"
-        )
-    else:
-        _check_url(t, url)
-    timeout = t.duration("timeout", d.timeout, minimum=0.01)
-    url_password = _url_password(url)
-    password = _secret(t, "password_file")
-    if password is not None and url_password:
-        t.problems.error(t.key("password_file"), "the url carries a password too; keep one (remove it from the url)")
-    sentinel_password = t.opt_str("sentinel_password")
-    sentinel_password_file = _secret(t, "sentinel_password_file")
-    if sentinel_password is not None and sentinel_password_file is not None:
-        t.problems.error(t.key("sentinel_password_file"), "sentinel_password is set too; keep one")
-    tls_files = {name: _readable(t, name) for name in ("tls_ca_file", "tls_cert_file", "tls_key_file")}
-    if scheme != "rediss" and any(tls_files.values()):
-        name = next(n for n, v in tls_files.items() if v)
-        t.problems.error(t.key(name), "TLS files need a rediss:// url (TLS); change the url or remove the key")
-    if bool(tls_files["tls_cert_file"]) != bool(tls_files["tls_key_file"]):
-        t.problems.error(t.key("tls_cert_file"), "a client certificate needs both tls_cert_file and tls_key_file")
-    hmac_key = _hmac_key(t)
-    settings = RedisSettings(
-        url=url,
-        cluster=t.bool("cluster", d.cluster),
-        cluster_nodes=_host_port(t, "cluster_nodes", 6379),
-        sentinels=_host_port(t, "sentinels", 26379),
-        service_name=t.str("service_name", d.service_name),
-        sentinel_password=sentinel_password if sentinel_password is not None else sentinel_password_file,
-        timeout=timeout,
-        connect_timeout=t.duration("connect_timeout", timeout, minimum=0.01),
-        password=password,
-        tls_ca_file=tls_files["tls_ca_file"],
-        tls_cert_file=tls_files["tls_cert_file"],
-        tls_key_file=tls_files["tls_key_file"],
-        hmac_key=hmac_key,
+    """`[redis]` validated (RedisTable), then the files it names read: the passwords, the HMAC key
+    (problems recorded on `t`); the defaults when the table is not valid."""
+    table = validate(RedisTable, t.data, t.path, t.problems)
+    valid = table is not None
+    if table is None:  # the files it names are still read: every problem in one run
+        files: dict[str, Any] = {k: v for k, v in t.data.items() if k in _FILES and isinstance(v, str)}
+        table = RedisTable.model_construct(**files)
+    sentinel_password = _secret(t, "sentinel_password_file", table.sentinel_password_file)
+    settings = RedisSettings.model_construct(
+        **{
+            **dict(table),
+            "connect_timeout": table.timeout if table.connect_timeout is None else table.connect_timeout,
+            "password": _secret(t, "password_file", table.password_file),
+            "sentinel_password": sentinel_password if table.sentinel_password is None else table.sentinel_password,
+            "hmac_key": _hmac_key(t, table.hmac_key_file),
+            **{name: _readable(t, name, getattr(table, name)) for name in TLS_FILES},
+        }
     )
-    if scheme in _URL_SCHEMES:
-        _warn_unauthenticated(t, settings, bool(url_password))
-    if settings.cluster and settings.sentinels:
-        t.problems.error(t.key("cluster"), "a Redis Cluster is not used through Sentinel; remove sentinels or cluster")
-    if settings.cluster and scheme == "unix":
-        t.problems.error(t.key("url"), "a Redis Cluster needs a redis:// or rediss:// seed node address")
-    if settings.cluster_nodes and not settings.cluster:
-        t.problems.error(t.key("cluster_nodes"), "only used with cluster = true; set it or remove cluster_nodes")
-    if settings.sentinels and not settings.service_name:
-        t.problems.error(t.key("service_name"), 'missing; set the master name the sentinels monitor (e.g. "quorum")')
-    if settings.service_name and not settings.sentinels:
-        t.problems.error(t.key("sentinels"), 'missing; list the sentinels, e.g. ["127.0.0.1:26379"]')
-    t.reject_unknown()
+    for key, text in settings.warnings() if valid else ():
+        t.problems.warn(t.key(key), text)
     return settings
 
 
@@ -173,6 +203,11 @@ UNAUTHENTICATED = (
     "hmac_key_file is set). Give Quorum an ACL user and password: "
     'url = "redis://quorum@HOST:6379/0" and password_file = "/etc/quorum/redis-password", '
     "and TLS: rediss:// with tls_ca_file (see README, Redis)"
+)
+CLEAR_TEXT = "the Redis password and every entry cross the network in clear text; use rediss:// with tls_ca_file"
+OPEN_SENTINELS = (
+    "the sentinels take no password: whoever reaches them can name another master; "
+    "set requirepass on the sentinels and sentinel_password_file here"
 )
 MIN_HMAC_KEY = 16
 
@@ -197,27 +232,8 @@ def _loopback(url: str) -> bool:
         return False
 
 
-def _warn_unauthenticated(t: Table, s: RedisSettings, url_password: bool) -> None:
-    if s.password is None and not url_password:
-        t.problems.warn(t.key("url"), UNAUTHENTICATED)
-        return
-    scheme = urlsplit(s.url).scheme.lower()
-    if scheme == "redis" and not _loopback(s.url):
-        t.problems.warn(
-            t.key("url"),
-            "the Redis password and every entry cross the network in clear text; use rediss:// with tls_ca_file",
-        )
-    if s.sentinels and s.sentinel_password is None:
-        t.problems.warn(
-            t.key("sentinel_password"),
-            "the sentinels take no password: whoever reaches them can name another master; "
-            "set requirepass on the sentinels and sentinel_password_file here",
-        )
-
-
-def _readable(t: Table, name: str) -> str | None:
+def _readable(t: Table, name: str, path: str | None) -> str | None:
     """A file the key names, checked to be readable now (the connection opens later)."""
-    path = t.opt_str(name)
     if path is None:
         return None
     try:
@@ -230,8 +246,7 @@ def _readable(t: Table, name: str) -> str | None:
     return path
 
 
-def _read_secret_file(t: Table, name: str) -> bytes | None:
-    path = t.opt_str(name)
+def _read_secret_file(t: Table, name: str, path: str | None) -> bytes | None:
     if path is None:
         return None
     try:
@@ -253,8 +268,8 @@ def _read_secret_file(t: Table, name: str) -> bytes | None:
     return data.rstrip(b"\r\n")
 
 
-def _secret(t: Table, name: str) -> str | None:
-    data = _read_secret_file(t, name)
+def _secret(t: Table, name: str, path: str | None) -> str | None:
+    data = _read_secret_file(t, name, path)
     if data is None:
         return None
     if not data:
@@ -267,8 +282,8 @@ def _secret(t: Table, name: str) -> str | None:
         return None
 
 
-def _hmac_key(t: Table) -> bytes | None:
-    data = _read_secret_file(t, "hmac_key_file")
+def _hmac_key(t: Table, path: str | None) -> bytes | None:
+    data = _read_secret_file(t, "hmac_key_file", path)
     if data is None:
         return None
     if len(data) < MIN_HMAC_KEY:
@@ -279,15 +294,6 @@ def _hmac_key(t: Table) -> bytes | None:
         )
         return None
     return data
-
-
-def _check_url(t: Table, url: str) -> None:
-    from redis.connection import parse_url
-
-    try:
-        parse_url(url)
-    except (ValueError, TypeError) as exc:
-        t.problems.error(t.key("url"), f"{url!r}: {exc}")
 
 
 # -- the connection ----------------------------------------------------------------------------------

@@ -193,9 +193,9 @@ def test_every_malformed_config_is_a_reported_error() -> None:
 
 
 def _dotted(path: tuple[str, ...]) -> str:
-    if path[0] == "domains" and len(path) > 1:
-        return ".".join(("domains", f'"{path[1]}"', *path[2:]))
-    return ".".join(path)
+    from quorum.config.schema import dotted
+
+    return dotted("", path)
 
 
 @pytest.mark.parametrize("value", [math.nan, -math.nan, math.inf, -math.inf, "nan s", "9" * 400 + "s", 1e300])

@@ -6,9 +6,11 @@ import ipaddress
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from quorum.assembly import parse_config
 from quorum.config import ConfigError
+from quorum.ratelimit.feature import TABLES
 from quorum.ratelimit.settings import RateLimitSettings, Rule, format_duration
 
 
@@ -76,8 +78,8 @@ def test_both_units_a_list_of_windows_and_zero_is_unlimited() -> None:
     assert s.defaults["client_ip"] == ()
     assert s.domains["big.example"].exempt
     assert s.domains["free.example"].kinds["recipient_domain"] == ()
-    assert [str(net) for net, _ in s.networks] == ["10.1.0.0/16", "10.0.0.0/8"]  # longest prefix first
-    assert s.networks[1][0] == ipaddress.ip_network("10.0.0.0/8")
+    assert [str(net) for net in s.networks] == ["10.1.0.0/16", "10.0.0.0/8"]  # longest prefix first
+    assert s.networks[ipaddress.ip_network("10.0.0.0/8")].exempt
 
 
 def test_cluster_and_sentinel_modes() -> None:
@@ -134,7 +136,7 @@ def test_cluster_and_sentinel_modes() -> None:
         ({"ratelimit": {"domains": {"user@x.example": {"exempt": True}}}}, "not a domain name"),
         (
             {"ratelimit": {"networks": {"10.0.0.300/8": {"exempt": True}}}},
-            "ratelimit.networks.10.0.0.300/8: not an IP address",
+            'ratelimit.networks."10.0.0.300/8": not an IP address',
         ),
         ({"ratelimit": {"key_prefix": "{q}:"}}, "ratelimit.key_prefix: must not contain '{' or '}'"),
         (
@@ -148,7 +150,7 @@ def test_cluster_and_sentinel_modes() -> None:
         ({"redis": {"sentinels": ["127.0.0.1:26379"]}, "ratelimit": {}}, "redis.service_name: missing"),
         (
             {"redis": {"sentinels": ["127.0.0.1:port"], "service_name": "q"}, "ratelimit": {}},
-            "redis.sentinels: '127.0.0.1:port' is not \"host:port\"",
+            "redis.sentinels[0]: '127.0.0.1:port' is not \"host:port\"",
         ),
         ({"redis": {"cluster_nodes": ["h:1"]}, "ratelimit": {}}, "redis.cluster_nodes: only used with cluster = true"),
         ({"redis": {"timeout": "0"}, "ratelimit": {}}, "redis.timeout: must be at least 0.01"),
@@ -234,13 +236,69 @@ def test_bad_share_names_the_key(value: Any, expected: str) -> None:
     data = {"ratelimit": {"recipient_domain": {"messages": 100, "per": "1h"}, "recipient_domain_share": value}}
     assert expected in errors(data)
     domain = {"ratelimit": {"domains": {"d.example": {"recipient_domain_share": value}}}}
-    assert expected.replace("ratelimit.", "ratelimit.domains.d.example.") in errors(domain)
+    assert expected.replace("ratelimit.", 'ratelimit.domains."d.example".') in errors(domain)
 
 
 def test_bad_share_by_names_the_key_and_the_choices() -> None:
     message = errors({"ratelimit": {"recipient_domain_share_by": "helo"}})
-    assert "ratelimit.recipient_domain_share_by: 'helo' is not one of 'client_ip', 'sender'" in message
+    assert "ratelimit.recipient_domain_share_by: must be one of client_ip | sender, got 'helo'" in message
     # Networks take no share (a share is of a recipient domain).
     assert "recipient_domain_share" in errors(
         {"ratelimit": {"networks": {"192.0.2.0/24": {"recipient_domain_share": 0.5}}}}
     )
+
+
+# --- the models: every problem at once, under the key as written; `quorum schema` -----------------
+
+
+def test_every_problem_is_reported_under_the_key_as_written() -> None:
+    message = errors(
+        {
+            "ratelimit": {
+                "sender_domain": {"messages": 5, "pre": "1h"},  # one table: no [0] in its key
+                "client_ip": [{"messages": 5, "per": "1h"}, {"mesages": 5, "per": "1m"}],
+                "domains": {"A.example": {"sender_domian": {}}, "b@x": {}},
+                "networks": {"10.0.0.0/8": {"exemt": True}, "nope": {}},
+            }
+        }
+    ).splitlines()
+    assert message == [
+        "ratelimit.sender_domain.pre: unknown key; did you mean 'per'? (see README, Configuration)",
+        "ratelimit.client_ip[1].mesages: unknown key; did you mean 'messages'? (see README, Configuration)",
+        "ratelimit.domains.\"A.example\".sender_domian: unknown key; did you mean 'sender_domain'? "
+        "(see README, Configuration)",
+        'ratelimit.domains."b@x": not a domain name; use the bare domain, e.g. [ratelimit.domains."example.com"]',
+        "ratelimit.networks.\"10.0.0.0/8\".exemt: unknown key; did you mean 'exempt'? (see README, Configuration)",
+        'ratelimit.networks.nope: not an IP address or network; use e.g. "192.0.2.0/24" or "2001:db8::/48"',
+    ]
+
+
+def test_a_domain_twice_and_every_redis_conflict_at_once() -> None:
+    twice = {"ratelimit": {"domains": {"A.example": {"exempt": True}, "a.example.": {}}}}
+    assert 'ratelimit.domains."a.example.": a.example is configured twice' in errors(twice)
+    twice = {"ratelimit": {"networks": {"10.0.0.0/8": {"exempt": True}, "10.0.0.1/8": {}}}}
+    assert "ratelimit.networks.\"10.0.0.1/8\": 10.0.0.0/8 is configured twice ('10.0.0.0/8' too)" in errors(twice)
+    message = errors(
+        {
+            "redis": {
+                "url": "redis://u:p@127.0.0.1/0",
+                "password_file": "/dev/null",
+                "cluster_nodes": ["h:1"],
+                "service_name": "q",
+                "tls_cert_file": "/dev/null",
+            },
+            "ratelimit": {},
+        }
+    )
+    for key in ("password_file", "cluster_nodes", "sentinels", "tls_cert_file"):
+        assert f"\nredis.{key}: " in f"\n{message}", key
+    assert "redis.password: unknown key; did you mean 'password_file'?" in errors(
+        {"redis": {"password": "x"}, "ratelimit": {}}
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_tables_have_a_json_schema(name: str) -> None:
+    schema = TypeAdapter(TABLES[name]).json_schema()
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert set(schema["properties"]) >= {"ratelimit": {"sender_domain", "domains", "networks"}, "redis": {"url"}}[name]

@@ -10,7 +10,7 @@ import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -136,7 +136,7 @@ class PolicySettings(Settings):
     on_spam: OnSpam = "tag"
     spam_combine: SpamCombine = "any"
     spam_quorum: Int = Field(1, ge=1)
-    spam_reject_score: Float | None = Field(None, ge=0.0)
+    spam_reject_score: Annotated[Float, Field(ge=0.0)] | None = None
     on_spam_engine_failure: OnFailure = "accept"
     cascade: bool = False  # cheap engines first; an expensive one only when it can change the answer
     cascade_clean_below: Float = Field(0.0, ge=0.0, le=1.0)  # trust cheap engines' clean verdict below this
@@ -164,14 +164,20 @@ class ReplyTexts(Settings):
 
     @field_validator("virus", "spam", "rule", "dmarc")
     @classmethod
-    def _placeholders(cls, value: str, info: Any) -> str:
+    def _text(cls, value: str, info: Any) -> str:
+        """One plain line the client is told; at most 400 characters, what sanitise_reply sends (an
+        SMTP reply line is at most 512 octets with its code and enhanced code)."""
+        if not value.strip():
+            raise ValueError("empty; write the text the client is told, or remove the key for the default")
+        if len(value) > 400:
+            raise ValueError(f"{len(value)} characters; keep reply texts to 400 at most")
+        if re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError("contains control characters (line breaks, tabs); write one plain line")
         allowed = REPLY_PLACEHOLDERS[info.field_name]
         for found in _PLACEHOLDER.findall(value):
             if found not in allowed:
                 names = ", ".join("{" + a + "}" for a in allowed) or "none"
                 raise ValueError(f"unknown placeholder {{{found}}}; allowed here: {names}")
-        if not value.strip() or len(value) > 300:
-            raise ValueError("must be 1 to 300 characters of text")
         return value
 
 
@@ -185,7 +191,7 @@ class EngineTable(Settings):
     max_size: Size = Field(25 * 1024 * 1024, ge=1)
     mode: EngineMode = "vote"
     weight: Float = Field(1.0, ge=0.0)
-    threshold: Float | None = Field(None, ge=0.0)
+    threshold: Annotated[Float, Field(ge=0.0)] | None = None
     concurrency: Int = Field(16, ge=1, le=1024)
     breaker_failures: Int = Field(5, ge=1)
     breaker_cooldown: Duration = Field(30.0, ge=0.1)

@@ -138,6 +138,8 @@ def dotted(path: str, loc: tuple[Any, ...]) -> str:
     """`engines.clamav.timeout`, `rules[0].when`, `domains."example.com".policy`."""
     out = path
     for part in loc:
+        if part == "[key]":  # pydantic's marker after a refused dict key
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

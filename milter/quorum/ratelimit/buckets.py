@@ -92,7 +92,7 @@ class Planner:
             ip = _parse_ip(subject.partition("/")[0])
             if ip is None:
                 return None
-            for net, override in self.settings.networks:
+            for net, override in self.settings.networks.items():
                 if ip.version == net.version and ip in net:
                     return override
             return None

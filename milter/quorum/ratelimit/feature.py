@@ -7,8 +7,11 @@ from typing import Any
 from quorum.config.fields import Table
 from quorum.ratelimit.fallback import LocalBuckets
 from quorum.ratelimit.limiter import Limiter
-from quorum.ratelimit.settings import RateLimitSettings, parse_settings
+from quorum.ratelimit.settings import RateLimitSettings, RateLimitTable, parse_settings
 from quorum.ratelimit.stage import RateLimitStage
+from quorum.redisconn import RedisTable
+
+TABLES: dict[str, Any] = {"ratelimit": RateLimitTable, "redis": RedisTable}
 
 
 def parse(root: Table) -> RateLimitSettings | None:
