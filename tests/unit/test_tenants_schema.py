@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from quorum.assembly import parse_config
 from quorum.config import Config, ConfigError
+from quorum.config.model import EngineTable
 from quorum.tenants import SchemaContext, parse_fragment
 from quorum.tenants.extensions import DomainExtension, register_extension, unregister_extension
+from quorum.tenants.feature import TABLES
 from quorum.tenants.settings import TenantSettings
 
 ENGINES: dict[str, Any] = {
@@ -124,7 +127,7 @@ def test_every_key_parses() -> None:
         ({"example.com": {"replies": {"spam": "x" * 401}}}, "replies.spam: 401 characters"),
         (
             {"example.com": {"replies": {"rule": "refused by {engine}"}}},
-            'domains."example.com".replies.rule: unknown placeholder {engine}; available here: {rule}',
+            'domains."example.com".replies.rule: unknown placeholder {engine}; allowed here: {rule}',
         ),
         (
             {"example.com": {"replies": {"virus": "virus {name}"}}},
@@ -287,3 +290,51 @@ def test_a_deeply_nested_record_is_refused_not_raised() -> None:
         node = node["x"]
     entry, found = parse_fragment({"rules": deep}, "example.com", ctx())
     assert entry is None and found.errors
+
+
+# -- one model for the file and the records, and for `quorum schema` (issue 18) --------------------
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_tables_have_a_json_schema(name: str) -> None:
+    assert TypeAdapter(TABLES[name]).json_schema()
+
+
+def test_the_domain_schema_lists_every_key() -> None:
+    schema = TypeAdapter(TABLES["domains"]).json_schema()
+    domain = schema["$defs"][schema["additionalProperties"]["$ref"].rsplit("/", 1)[1]]
+    keys = {"engines", "policy", "replies", "dmarc_enforce", "dnsbl", "bypass", "rules"}
+    assert keys | {"notify", "backscatter", "quarantine_retention"} <= set(domain["properties"])
+    assert domain["additionalProperties"] is False
+    overrides = schema["$defs"]["EngineOverrides"]["properties"]
+    assert set(overrides) == {"enabled", "mode", "weight", "threshold"}
+    assert overrides["weight"]["minimum"] == EngineTable.model_fields["weight"].metadata[0].ge
+
+
+@pytest.mark.parametrize(
+    ("replies", "expected"),
+    [
+        ({"spam": "a\tb"}, "replies.spam: contains control characters"),
+        ({"spam": "x" * 401}, "replies.spam: 401 characters"),
+        ({"spam": " "}, "replies.spam: empty"),
+        ({"rule": "refused by {engine}"}, "replies.rule: unknown placeholder {engine}; allowed here: {rule}"),
+    ],
+)
+def test_global_and_domain_replies_share_one_model(replies: dict[str, Any], expected: str) -> None:
+    assert any(
+        p.startswith(f'domains."example.com".{expected}') for p in problems({"example.com": {"replies": replies}})
+    )
+    assert any(p.startswith(expected) for p in problems({}, replies=replies))
+    assert config({"example.com": {"replies": {"spam": "x" * 400}}}, replies={"spam": "x" * 400})  # the same bound
+
+
+def test_a_record_reports_its_nulls_and_every_other_problem_once() -> None:
+    record = {"policy": {"on_spam": None, "on_virus": "explode"}, "dnsbl": None, "bypass": 1}
+    entry, found = parse_fragment(record, "example.com", ctx())
+    assert entry is None
+    assert sorted(found.errors) == [
+        'domains."example.com".bypass: expected true or false, got 1; fix the value or remove the key',
+        'domains."example.com".dnsbl: null is not a value; remove the key to keep the default',
+        'domains."example.com".policy.on_spam: null is not a value; remove the key to keep the default',
+        "domains.\"example.com\".policy.on_virus: must be one of reject | quarantine | discard | tag, got 'explode'",
+    ]

@@ -10,12 +10,12 @@ import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from quorum.config.problems import is_dir, shown
-from quorum.config.schema import Duration, Float, Int, Settings, Size
+from quorum.config.schema import Duration, Float, Int, NonNegativeFloat, Settings, Size
 
 OnOversize = Literal["accept", "tempfail", "reject"]
 OnVirus = Literal["reject", "quarantine", "discard", "tag"]
@@ -136,7 +136,7 @@ class PolicySettings(Settings):
     on_spam: OnSpam = "tag"
     spam_combine: SpamCombine = "any"
     spam_quorum: Int = Field(1, ge=1)
-    spam_reject_score: Annotated[Float, Field(ge=0.0)] | None = None
+    spam_reject_score: NonNegativeFloat | None = None
     on_spam_engine_failure: OnFailure = "accept"
     cascade: bool = False  # cheap engines first; an expensive one only when it can change the answer
     cascade_clean_below: Float = Field(0.0, ge=0.0, le=1.0)  # trust cheap engines' clean verdict below this
@@ -191,7 +191,7 @@ class EngineTable(Settings):
     max_size: Size = Field(25 * 1024 * 1024, ge=1)
     mode: EngineMode = "vote"
     weight: Float = Field(1.0, ge=0.0)
-    threshold: Annotated[Float, Field(ge=0.0)] | None = None
+    threshold: NonNegativeFloat | None = None
     concurrency: Int = Field(16, ge=1, le=1024)
     breaker_failures: Int = Field(5, ge=1)
     breaker_cooldown: Duration = Field(30.0, ge=0.1)

@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -102,6 +103,9 @@ def _bytes(value: Any) -> Any:
 
 Int = Annotated[int, AfterValidator(_bounded(MAX_INT))]
 Float = Annotated[float, AfterValidator(_bounded(MAX_FLOAT))]
+# An optional bounded number is `NonNegativeFloat | None`: the bound sits before the validator so
+# the JSON Schema states it as `minimum` (after it, pydantic can only write its own "ge").
+NonNegativeFloat = Annotated[float, Field(ge=0.0), AfterValidator(_bounded(MAX_FLOAT))]
 # In the JSON Schema (editors), both a number and the string forms; the loader checks the bounds.
 _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
 _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]}

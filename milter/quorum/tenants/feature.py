@@ -10,7 +10,11 @@ from typing import Any
 
 from quorum.config.fields import Table
 from quorum.tenants.resolver import TenantPolicies
-from quorum.tenants.settings import TenantSettings, parse_settings
+from quorum.tenants.schema import domain_table
+from quorum.tenants.settings import TenantSettings, TenantTable, parse_settings
+
+# `[domains]`: one table per domain (or "*.domain"), with the keys other features add (notify, ...).
+TABLES: dict[str, Any] = {"tenants": TenantTable, "domains": dict[str, domain_table()]}  # type: ignore[misc]
 
 
 def parse(root: Table) -> TenantSettings | None:

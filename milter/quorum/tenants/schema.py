@@ -4,35 +4,79 @@ A parsed table is a `DomainEntry`: the keys it sets, flattened to dotted names (
 `engines.clamav.weight`, `replies.virus`, ...), so merging layers and telling where each value
 came from are plain dict operations. Keys not set are absent: they keep the lower layer's value.
 
-`engines` has two forms, because TOML cannot make one key both a list and a table:
-`engines = ["clamav", "rspamd"]` (exactly these engines scan this domain's mail), or
+The models are the global ones: a domain's `policy` is checked by `PolicySettings`, its `replies`
+by `ReplyTexts`, its per-engine overrides by `EngineTable`'s own fields (`EngineOverrides`), so
+every bound is written once. `engines` has two forms, because TOML cannot make one key both a list
+and a table: `engines = ["clamav", "rspamd"]` (exactly these engines scan this domain's mail), or
 `[domains."d".engines.NAME]` tables with `threshold`, `weight`, `mode` and `enabled` (switch one
 engine off or on for the domain, keeping the others as the layer below has them).
 """
 
 from __future__ import annotations
 
-import re
-import typing
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
-from quorum.config import model
+from pydantic import Field, SkipValidation, ValidationError, create_model, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
 from quorum.config.fields import Problems, Table
-from quorum.config.model import PolicySettings
-from quorum.pipeline.replies import PLACEHOLDERS, ReplyTexts
+from quorum.config.model import EngineTable, PolicySettings, ReplyTexts
+from quorum.config.schema import Settings, validate
+from quorum.rules import Rule, parse_rules
 from quorum.tenants.extensions import EXTENSIONS
 from quorum.tenants.names import WILDCARD, DomainNameError, normalise_pattern
 
-DMARC_ENFORCE = ("off", "quarantine", "reject")
 ENGINE_KEYS = ("enabled", "mode", "weight", "threshold")
-MAX_REPLY_TEXT = 400  # an SMTP reply line is at most 512 octets with code and enhanced code
 POLICY_KEYS = tuple(PolicySettings.model_fields)
 REPLY_FIELDS = dict(ReplyTexts.model_fields)
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+FLAGS = ("dmarc_enforce", "dnsbl", "bypass")
+
+# `[domains."d".engines.NAME]`: the fields of `[engines.NAME]` a domain may change, as EngineTable has them.
+_OVERRIDES: dict[str, Any] = {
+    k: (EngineTable.model_fields[k].annotation, EngineTable.model_fields[k]) for k in ENGINE_KEYS
+}
+EngineOverrides = create_model("EngineOverrides", __base__=Settings, **_OVERRIDES)
+
+
+class DomainTable(Settings):
+    """`[domains."d"]` as written. `engines` and `rules` are checked by `parse_domain_table` (against
+    the configured engines, by the rules parser): here they are described, for `quorum schema`."""
+
+    engines: SkipValidation[tuple[str, ...] | dict[str, EngineOverrides]] = ()
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    replies: ReplyTexts = Field(default_factory=ReplyTexts)
+    dmarc_enforce: Literal["off", "quarantine", "reject"] = "off"
+    dnsbl: bool = True
+    bypass: bool = False
+    rules: SkipValidation[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _virus_name(self) -> DomainTable:
+        """A tenant's refusals name no virus unless it says so (quorum.tenants.effective)."""
+        r = self.replies
+        if "{name}" in r.virus and not ("disclose_virus_name" in r.model_fields_set and r.disclose_virus_name):
+            text = "{name} discloses the virus name; set disclose_virus_name = true or remove {name}"
+            detail = InitErrorDetails(
+                type=PydanticCustomError("value_error", text), loc=("replies", "virus"), input=r.virus
+            )
+            raise ValidationError.from_exception_data("DomainTable", [detail])
+        return self
+
+
+@functools.cache
+def _with_extensions(keys: tuple[str, ...]) -> type[DomainTable]:
+    fields: dict[str, Any] = {k: (Any, None) for k in keys}
+    return create_model("DomainTable", __base__=DomainTable, **fields)
+
+
+def domain_table() -> type[DomainTable]:
+    """DomainTable with the keys other features add (`notify`, ...: quorum.tenants.extensions), which
+    their own `parse_domain` checks."""
+    return _with_extensions(tuple(EXTENSIONS))
 
 
 @dataclass(frozen=True)
@@ -42,6 +86,13 @@ class EngineInfo:
     enabled: bool
     antispam: bool
     mode: str = "vote"
+
+    @classmethod
+    def of(cls, engines: Any) -> dict[str, EngineInfo]:
+        from quorum.engines import adapter_class
+        from quorum.verdict import Category
+
+        return {e.name: cls(e.enabled, adapter_class(e.type).category is Category.ANTISPAM, e.mode) for e in engines}
 
 
 @dataclass(frozen=True)
@@ -59,16 +110,9 @@ class SchemaContext:
 
     @classmethod
     def from_config(cls, config: Any) -> SchemaContext:
-        from quorum.engines import adapter_class
-        from quorum.verdict import Category
-
-        engines = {
-            e.name: EngineInfo(e.enabled, adapter_class(e.type).category is Category.ANTISPAM, e.mode)
-            for e in config.engines
-        }
         auth = config.feature("auth")
         return cls(
-            engines=engines,
+            engines=EngineInfo.of(config.engines),
             policy=config.policy,
             dnsbl_lists=bool(auth is not None and auth.dnsbl),
             auth_enabled=bool(auth is not None and auth.auth_enabled),
@@ -99,29 +143,22 @@ def domain_path(name: str) -> str:
 def parse_domain_table(t: Table, name: str, ctx: SchemaContext) -> DomainEntry:
     """Validate one domain table (problems go to `t.problems`, keys named from `t.path`)."""
     values: dict[str, Any] = {}
+    table = validate(domain_table(), t.data, t.path, t.problems)
+    if table is not None:
+        for part in ("policy", "replies"):
+            sub = getattr(table, part)
+            values.update({f"{part}.{k}": getattr(sub, k) for k in sub.model_fields_set})
+        values.update({k: getattr(table, k) for k in FLAGS if k in table.model_fields_set})
+    if values.get("dmarc_enforce", "off") != "off" and not ctx.auth_enabled:
+        t.problems.warn(t.key("dmarc_enforce"), "DMARC is not evaluated ([auth] is off); enable [auth] for it")
+    if values.get("dnsbl") and not ctx.dnsbl_lists:
+        t.problems.warn(t.key("dnsbl"), "no [[dnsbl]] list is configured: nothing is checked")
     _engines(t, ctx, values)
-    if "policy" in t.data:
-        pt = t.table("policy")
-        parsed = pt.as_model(PolicySettings)  # the [policy] model itself: same keys, bounds, messages
-        values.update({f"policy.{k}": getattr(parsed, k) for k in pt.data if k in POLICY_KEYS})
-    if "dmarc_enforce" in t.data:
-        values["dmarc_enforce"] = t.choice("dmarc_enforce", "off", DMARC_ENFORCE)
-        if values["dmarc_enforce"] != "off" and not ctx.auth_enabled:
-            t.problems.warn(t.key("dmarc_enforce"), "DMARC is not evaluated ([auth] is off); enable [auth] for it")
-    if "dnsbl" in t.data:
-        values["dnsbl"] = t.bool("dnsbl", True)
-        if values["dnsbl"] and not ctx.dnsbl_lists:
-            t.problems.warn(t.key("dnsbl"), "no [[dnsbl]] list is configured: nothing is checked")
-    if "bypass" in t.data:
-        values["bypass"] = t.bool("bypass", False)
-    if "replies" in t.data:
-        _replies(t.table("replies"), values)
-    if "rules" in t.data:
-        values["rules"] = parse_rules(t.raw("rules"), t)
+    if "rules" in t.data:  # the same parser as the global [[rules]] (quorum.rules)
+        values["rules"] = tuple(parse_rules(t.data["rules"], t.key("rules"), t.problems))
     for key, ext in EXTENSIONS.items():
         if key in t.data:
             values[key] = ext.parse(t, key)
-    t.reject_unknown()
     entry = DomainEntry(name, MappingProxyType(values))
     _check_quorum(t, entry, ctx)
     return entry
@@ -151,8 +188,7 @@ def parse_fragment(data: Any, domain: str, ctx: SchemaContext) -> tuple[DomainEn
         problems.error(path, "expected a table of domain keys (engines, policy, replies, ...)")
         return None, problems
     try:
-        _reject_nulls(data, path, problems)
-        entry = parse_domain_table(Table(data, path, problems), name, ctx)
+        entry = parse_domain_table(Table(_without_nulls(data, path, problems), path, problems), name, ctx)
     except RecursionError:
         problems.error(path, "nested too deeply; a domain record is a table of plain keys")
         return None, problems
@@ -178,25 +214,25 @@ def _same_domain(a: str, b: str) -> bool:
         return False
 
 
-def _reject_nulls(data: Any, path: str, problems: Problems) -> None:
-    """JSON records may hold null, which TOML has not: refuse it rather than read it as "unset"."""
+def _without_nulls(data: Any, path: str, problems: Problems) -> Any:
+    """JSON records may hold null, which TOML has not: refused (once, here) rather than read as "unset";
+    the rest is checked as usual."""
     if isinstance(data, Mapping):
-        for k, v in data.items():
-            if v is None:
-                problems.error(f"{path}.{k}", "null is not a value; remove the key to keep the default")
-            else:
-                _reject_nulls(v, f"{path}.{k}", problems)
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            _reject_nulls(v, f"{path}[{i}]", problems)
+        for k in [k for k, v in data.items() if v is None]:
+            problems.error(f"{path}.{k}", "null is not a value; remove the key to keep the default")
+        return {k: _without_nulls(v, f"{path}.{k}", problems) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        for i in [i for i, v in enumerate(data) if v is None]:
+            problems.error(f"{path}[{i}]", "null is not a value; remove the item")
+        return [_without_nulls(v, f"{path}[{i}]", problems) for i, v in enumerate(data)]
+    return data
 
 
 def parse_domains(t: Table, ctx: SchemaContext) -> dict[str, DomainEntry]:
     """`[domains]` of the config file: entries by normalised pattern."""
     out: dict[str, DomainEntry] = {}
-    for raw_name in t.data:
+    for raw_name, value in t.data.items():
         path = domain_path(raw_name)
-        value = t.raw(raw_name)
         try:
             name = normalise_pattern(raw_name)
         except DomainNameError as exc:
@@ -215,8 +251,7 @@ def parse_domains(t: Table, ctx: SchemaContext) -> dict[str, DomainEntry]:
 def _engines(t: Table, ctx: SchemaContext, values: dict[str, Any]) -> None:
     if "engines" not in t.data:
         return
-    raw = t.raw("engines")
-    key = t.key("engines")
+    raw, key = t.data["engines"], t.key("engines")
     known = ", ".join(ctx.engines) or "none"
     if isinstance(raw, list):
         if not all(isinstance(n, str) for n in raw):
@@ -237,59 +272,18 @@ def _engines(t: Table, ctx: SchemaContext, values: dict[str, Any]) -> None:
     if not isinstance(raw, Mapping):
         t.problems.error(key, f"expected a list of engine names or [{key}.NAME] tables, got {raw!r}")
         return
-    et = t.table("engines")
-    for name in et.data:
-        nt = et.table(name)
+    for name, table in raw.items():
+        path = f"{key}.{name}"
         if name not in ctx.engines:
-            t.problems.error(nt.path, f"unknown engine; configured engines: {known}")
+            t.problems.error(path, f"unknown engine; configured engines: {known}")
             continue
-        if "enabled" in nt.data:
-            on = nt.bool("enabled", True)
-            if on and not ctx.engines[name].enabled:
-                t.problems.error(nt.key("enabled"), f"engine {name!r} is disabled in [engines.{name}]; enable it there")
-            values[f"engines.{name}.enabled"] = on
-        if "mode" in nt.data:
-            values[f"engines.{name}.mode"] = nt.choice("mode", "vote", typing.get_args(model.EngineMode))
-        if "weight" in nt.data:
-            values[f"engines.{name}.weight"] = nt.float("weight", 1.0, minimum=0.0)
-        if "threshold" in nt.data:
-            values[f"engines.{name}.threshold"] = nt.float("threshold", 0.0, minimum=0.0)
-        nt.reject_unknown()
-
-
-def _replies(t: Table, values: dict[str, Any]) -> None:
-    for name, f in REPLY_FIELDS.items():
-        if name not in t.data:
+        found = validate(EngineOverrides, table, path, t.problems)
+        if found is None:
             continue
-        if f.annotation in (bool, "bool"):
-            values[f"replies.{name}"] = t.bool(name, False)
-            continue
-        text = t.str(name, "")
-        if not isinstance(t.data[name], str):
-            continue
-        key = t.key(name)
-        if not text.strip():
-            t.problems.error(key, "empty; write the text the client is told, or remove the key for the default")
-        elif len(text) > MAX_REPLY_TEXT:
-            t.problems.error(key, f"{len(text)} characters; keep reply texts under {MAX_REPLY_TEXT}")
-        elif _CONTROL.search(text):
-            t.problems.error(key, "contains control characters (line breaks, tabs); write one plain line")
-        else:
-            allowed = PLACEHOLDERS.get(name, ())
-            for placeholder in _PLACEHOLDER.findall(text):
-                if placeholder not in allowed:
-                    hint = ", ".join("{" + a + "}" for a in allowed) or "none"
-                    t.problems.error(key, f"unknown placeholder {{{placeholder}}}; available here: {hint}")
-                    break
-            else:
-                values[f"replies.{name}"] = text
-    t.reject_unknown()
-    disclose = values.get("replies.disclose_virus_name", False)
-    if not disclose and "{name}" in values.get("replies.virus", ""):
-        t.problems.error(
-            t.key("virus"),
-            "{name} discloses the virus name; set disclose_virus_name = true or remove {name}",
-        )
+        changed = {k: getattr(found, k) for k in found.model_fields_set}
+        if changed.get("enabled") and not ctx.engines[name].enabled:
+            t.problems.error(f"{path}.enabled", f"engine {name!r} is disabled in [engines.{name}]; enable it there")
+        values.update({f"engines.{name}.{k}": v for k, v in changed.items()})
 
 
 def _check_quorum(t: Table, entry: DomainEntry, ctx: SchemaContext) -> None:
@@ -312,10 +306,3 @@ def _check_quorum(t: Table, entry: DomainEntry, ctx: SchemaContext) -> None:
             t.key("policy.spam_quorum"),
             f"{needed} exceeds the {len(voters)} voting antispam engine(s) this domain uses; lower it",
         )
-
-
-def parse_rules(value: Any, table: Table) -> tuple[Any, ...]:
-    """`[[domains."d".rules]]`: the same parser as the global `[[rules]]` (quorum.rules)."""
-    from quorum.rules import parse_rules as rules_parser
-
-    return tuple(rules_parser(value, table.key("rules"), table.problems))

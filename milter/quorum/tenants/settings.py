@@ -17,68 +17,62 @@ The Redis server is the one of `[redis]` (single, Sentinel or Cluster), parsed b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
 
 from quorum.config.fields import Problems, Table
+from quorum.config.model import PolicySettings
+from quorum.config.schema import Duration, Int, Settings
 from quorum.redisconn import RedisSettings, shared_redis
 from quorum.tenants.schema import DomainEntry, EngineInfo, SchemaContext, parse_domains
 
-STORES = ("file", "redis")
 
+class TenantTable(Settings):
+    """`[tenants]` as written."""
 
-@dataclass(frozen=True)
-class TenantSettings:
-    store: str = "file"
-    refresh: float = 5.0
+    store: Literal["file", "redis"] = "file"
+    refresh: Duration = Field(5.0, ge=0.05)
     key_prefix: str = "quorum:tenant:"
-    cache_size: int = 10_000
-    backoff: float = 1.0
-    warn_interval: float = 60.0
+    cache_size: Int = Field(10_000, ge=16, le=10_000_000)
+    backoff: Duration = Field(1.0, ge=0.05)
+    warn_interval: Duration = Field(60.0, ge=1.0)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, prefix: str) -> str:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
+        return prefix
+
+
+class TenantSettings(TenantTable):
+    """What the resolver runs with: `[tenants]`, the `[redis]` of its records and the file's domains."""
+
     redis: RedisSettings | None = None  # set when store = "redis"
-    domains: Mapping[str, DomainEntry] = field(default_factory=dict)  # the file's, by normalised pattern
+    domains: Mapping[str, DomainEntry] = Field(default_factory=dict)  # the file's, by normalised pattern
 
 
 def parse_settings(root: Table) -> TenantSettings | None:
     """None when the config has neither `[tenants]` nor `[domains]`."""
     if "tenants" not in root.data and "domains" not in root.data:
         return None
-    t = root.table("tenants")
-    d = TenantSettings()
-    store = t.choice("store", d.store, STORES)
-    key_prefix = t.str("key_prefix", d.key_prefix)
-    if "{" in key_prefix or "}" in key_prefix:
-        t.problems.error(t.key("key_prefix"), "must not contain '{' or '}' (Redis Cluster hash tags); remove them")
-    settings = TenantSettings(
-        store=store,
-        refresh=t.duration("refresh", d.refresh, minimum=0.05),
-        key_prefix=key_prefix,
-        cache_size=t.int("cache_size", d.cache_size, minimum=16, maximum=10_000_000),
-        backoff=t.duration("backoff", d.backoff, minimum=0.05),
-        warn_interval=t.duration("warn_interval", d.warn_interval, minimum=1.0),
-        redis=(shared_redis(root) or RedisSettings()) if store == "redis" else None,
+    table = root.model("tenants", TenantTable)
+    return TenantSettings.model_construct(
+        **dict(table),
+        redis=(shared_redis(root) or RedisSettings()) if table.store == "redis" else None,
         domains=parse_domains(root.table("domains"), context_from_root(root)),
     )
-    t.reject_unknown()
-    return settings
 
 
 def context_from_root(root: Table) -> SchemaContext:
     """The global engines and policy, read again from the raw tables (the loader reports their problems)."""
-    from quorum.config.model import PolicySettings
     from quorum.engines.settings import parse_engines
 
     scratch = Problems()
-    raw_policy = root.data.get("policy", {})
-    raw_engines = root.data.get("engines", {})
+    raw_policy, raw_engines = root.data.get("policy", {}), root.data.get("engines", {})
     policy = Table(raw_policy if isinstance(raw_policy, Mapping) else {}, "policy", scratch).as_model(PolicySettings)
     engines = parse_engines(Table(raw_engines if isinstance(raw_engines, Mapping) else {}, "engines", scratch), scratch)
-    infos: dict[str, EngineInfo] = {}
-    from quorum.engines import adapter_class
-    from quorum.verdict import Category
-
-    for e in engines:
-        infos[e.name] = EngineInfo(e.enabled, adapter_class(e.type).category is Category.ANTISPAM, e.mode)
     raw_auth: Any = root.data.get("auth")
     auth_enabled = isinstance(raw_auth, Mapping) and raw_auth.get("enabled", True) is not False
-    return SchemaContext(infos, policy, bool(root.data.get("dnsbl")), auth_enabled)
+    return SchemaContext(EngineInfo.of(engines), policy, bool(root.data.get("dnsbl")), auth_enabled)
