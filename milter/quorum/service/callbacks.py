@@ -25,6 +25,8 @@ from typing import Any
 
 import Milter
 
+from quorum.service.pool import NUDGER
+
 log = logging.getLogger("quorum.milter")
 
 _OUT_OF_SEQUENCE = ("451", "4.5.0", "milter command out of sequence, please try again later")
@@ -110,21 +112,23 @@ def report_untrapped(
 
 
 def install(milter: Any) -> None:
-    """Register every callback with libmilter (through pymilter's C module `milter`)."""
-    milter.set_connect_callback(_connect)
-    milter.set_helo_callback(guarded("helo", lambda s, host: s.hello(host)))
-    milter.set_envfrom_callback(guarded("mail", lambda s, *b: s.envfrom_bytes(*b)))
-    milter.set_envrcpt_callback(guarded("rcpt", lambda s, *b: s.envrcpt_bytes(*b)))
-    milter.set_header_callback(guarded("header", lambda s, f, v: s.header_bytes(f, v)))
-    milter.set_eoh_callback(guarded("eoh", lambda s: s.eoh()))
-    milter.set_body_callback(guarded("body", lambda s, chunk: s.body(chunk)))
-    milter.set_eom_callback(guarded("eom", lambda s: s.eom()))
-    milter.set_abort_callback(guarded("abort", lambda s: s.abort()))
-    milter.set_close_callback(_close)
+    """Register every callback with libmilter (through pymilter's C module `milter`), each counted
+    while it runs (`pool.NUDGER`: a long one must not hold up another session)."""
+    w = NUDGER.watched
+    milter.set_connect_callback(w(_connect))
+    milter.set_helo_callback(w(guarded("helo", lambda s, host: s.hello(host))))
+    milter.set_envfrom_callback(w(guarded("mail", lambda s, *b: s.envfrom_bytes(*b))))
+    milter.set_envrcpt_callback(w(guarded("rcpt", lambda s, *b: s.envrcpt_bytes(*b))))
+    milter.set_header_callback(w(guarded("header", lambda s, f, v: s.header_bytes(f, v))))
+    milter.set_eoh_callback(w(guarded("eoh", lambda s: s.eoh())))
+    milter.set_body_callback(w(guarded("body", lambda s, chunk: s.body(chunk))))
+    milter.set_eom_callback(w(guarded("eom", lambda s: s.eom())))
+    milter.set_abort_callback(w(guarded("abort", lambda s: s.abort())))
+    milter.set_close_callback(w(_close))
     milter.set_exception_policy(Milter.TEMPFAIL)
     previous = sys.excepthook
     sys.excepthook = lambda kind, value, tb: report_untrapped(kind, value, tb, previous)
 
 
 # For milter.register(data=...), which only register() accepts.
-data = guarded("data", lambda s: s.data())
+data = NUDGER.watched(guarded("data", lambda s: s.data()))

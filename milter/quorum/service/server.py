@@ -19,6 +19,7 @@ import Milter
 
 from quorum import metrics
 from quorum.service.app import App, Composer
+from quorum.service.pool import NUDGER
 from quorum.service.privileges import PrivilegeError, check_identity, drop_privileges
 from quorum.service.session import ACTIONS, QuorumMilter
 from quorum.service.supervisor import EXIT_BIND
@@ -125,9 +126,13 @@ def serve(app: App, control: BinaryIO | None = None) -> int:
     if control is not None:
         threading.Thread(target=_control_loop, args=(app, control), name="quorum-control", daemon=True).start()
     log.info("listening on %s; engines: %s", m.socket, ", ".join(r.name for r in app.pipeline.runners) or "none")
+    # A long callback (end of message on a slow engine) must not leave another session unserved
+    # in libmilter's pool of workers: see quorum.service.pool.
+    NUDGER.start(lambda: _connect_once(m.socket))
     try:
         milter.main()
     finally:
+        NUDGER.stop()
         app.close()
     log.info("stopped")
     return 0
