@@ -16,6 +16,7 @@ APT_PACKAGES=(
   docker-compose procps iproute2 ca-certificates
   systemd  # systemd-analyze verify checks packaging/quorum.service (no systemd as PID 1 needed)
   clamav-testfiles prometheus  # quorum evaluate's corpus test; promtool checks monitoring/quorum-alerts.yml
+  libmail-dkim-perl libcryptx-perl  # Mail::DKIM: the signing tests' independent verifier (CryptX: Ed25519 in newer Mail::DKIM)
 )
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }

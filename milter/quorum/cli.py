@@ -202,6 +202,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         "facts": result.scan.log,
         "policy": _policy_summary(effective),
         "elapsed_ms": round(result.elapsed * 1000, 1),
+        "notes": result.notes,  # what the post-decision hook did (signed with which key, or why not)
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -223,6 +224,8 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
             print(f"  why: {r}")
         for k, v in result.scan.log.items():
             print(f"  {k}: {v}")
+        for note in result.notes:
+            print(f"  note: {note}")
         for rcpt, refused in rcpt_replies.items():
             print(f"  rcpt {rcpt}: {refused}")
     return 0

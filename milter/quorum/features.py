@@ -10,8 +10,8 @@ SPF/DKIM/DMARC; rate limits come after, so an SPF result computed at MAIL FROM i
 
 An installed package adds a feature by declaring an entry point in the group `quorum.features`
 whose value is its module (`hello = "quorum_hello.feature"`, examples/feature-hello): the module
-provides `parse(root) -> settings | None` and `build(config, settings) -> [Stage]`, like the
-built-in ones. Installed features run after the built-in ones and before `records` (which records
+provides `TABLES`, `parse(root) -> settings | None` and `build(config, settings) -> [Stage]`, like the
+built-in ones. Installed features run after the built-in ones and before `signing` and `records` (which records
 what every stage before it did); a name that is already taken is ignored with a warning.
 """
 
@@ -78,6 +78,7 @@ FEATURES: tuple[Feature, ...] = (
     # after ratelimit: [redis] problems are reported once
     Feature("notify", "quorum.notify.feature", tenant=(("notify", "quorum.notify.tenant"),)),
     Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
+    Feature("signing", "quorum.signing.feature", cli="quorum.signing.cli"),  # DKIM: amends after every other feature
     # last: it records what the stages before it did
     Feature("records", "quorum.records.feature", cli="quorum.records.cli"),
 )
@@ -106,6 +107,7 @@ def installed_features() -> tuple[Feature, ...]:
 
 
 def all_features() -> tuple[Feature, ...]:
-    """Built-in features, then installed ones, `records` last."""
-    *head, last = FEATURES
-    return (*head, *installed_features(), last)
+    """Built-in features, then installed ones, then `signing` (it signs what all the others added)
+    and `records` (it records what all the others did)."""
+    *head, signing, last = FEATURES  # signing signs what every other feature added
+    return (*head, *installed_features(), signing, last)

@@ -1,0 +1,150 @@
+"""`[signing]` and its `[[signing.keys]]`, validated at load: every key file is read and checked
+here, so `quorum check-config` (and a reload, which keeps the running config) names the entry
+whose key is unreadable, not PEM, too short or of the wrong type (`signing.keys[0].key: ...`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from quorum.config.schema import Duration, Settings
+from quorum.signing.keys import KeyProblem, PrivateKey, load_key
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
+_SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
+
+
+def _key(value: Any) -> Any:
+    """A path to a PEM private key, read and checked now (a loaded key, from code, as it is)."""
+    if isinstance(value, PrivateKey):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise PydanticCustomError("quorum_type", "expected the path of a PEM private key")
+    try:
+        return load_key(value)
+    except KeyProblem as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _network(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f'{value!r} is not an address or network ({exc}); write e.g. "192.0.2.0/24"') from None
+
+
+KeyFile = Annotated[
+    PrivateKey,
+    BeforeValidator(_key),
+    WithJsonSchema({"type": "string", "description": "path to a PEM private key (RSA >= 1024 bits or Ed25519)"}),
+]
+Network = Annotated[IPNetwork, BeforeValidator(_network, json_schema_input_type=str)]
+
+
+def normalise_domain(value: str) -> str:
+    """Lower case, no trailing dot, IDNA A-labels (an IDN From: domain is signed as its A-label)."""
+    name = value.strip().rstrip(".").lower()
+    if not name.isascii():
+        import idna
+
+        name = idna.encode(name, uts46=True).decode("ascii")
+    return name
+
+
+def domain_name(value: str, wildcard: bool = False) -> str:
+    """`value` as a signing domain (A-labels, lower case); `"*.example.com"` too when `wildcard`."""
+    star = wildcard and value.strip().startswith("*.")
+    try:
+        name = normalise_domain(value.strip().removeprefix("*.") if star else value)
+    except Exception:  # noqa: BLE001 - idna raises several kinds
+        raise ValueError(f"{value!r} is not a domain name") from None
+    if not _DOMAIN.match(name):
+        wild = ' or "*.example.com" for its subdomains' if wildcard else ""
+        raise ValueError(f'{value!r} is not a domain name; write the From: domain ("example.com"){wild}')
+    return f"*.{name}" if star else name
+
+
+def selector_name(value: str) -> str:
+    if not _SELECTOR.match(value) or len(value) > 63:
+        raise ValueError(f'{value!r} is not a selector; use letters, digits and hyphens, e.g. "s2024" or "ed1"')
+    return value.lower()
+
+
+class KeyEntry(Settings):
+    """One `[[signing.keys]]` entry: mail whose From: domain is `domain` gets a signature by `key`
+    under `selector`. `"*.example.com"` covers every subdomain (not example.com itself) and signs
+    with d=example.com (aligned with relaxed DMARC); several entries for one domain, several signatures."""
+
+    domain: str
+    selector: str
+    key: KeyFile
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return domain_name(value, wildcard=True)
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        return selector_name(value)
+
+    @property
+    def wildcard(self) -> bool:
+        return self.domain.startswith("*.")
+
+    @property
+    def signing_domain(self) -> str:
+        """The d= this entry signs with (a wildcard entry signs as its parent domain)."""
+        return self.domain.removeprefix("*.")
+
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.signing_domain}"
+
+
+class SigningSettings(Settings):
+    """`[signing]`: which mail Quorum signs (DKIM, after every other edit) and with which keys."""
+
+    # "authenticated": SMTP AUTH sessions ({auth_authen} set) and clients in `networks`; "off":
+    # nothing is signed (keys are checked, `quorum dkim check` works: a rotation's first step).
+    sign: Literal["authenticated", "off"] = "authenticated"
+    networks: tuple[Network, ...] = ()  # trusted submitters (an internal relay) signed without AUTH
+    keys: tuple[KeyEntry, ...] = ()
+    on_failure: Literal["tempfail", "accept"] = "tempfail"  # a signature that cannot be made: 451, or unsigned
+    log_interval: Duration = Field(3600.0, ge=1.0)  # "no key for DOMAIN" logged once per domain per interval
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SigningSettings:
+        problems: list[InitErrorDetails] = []
+        if self.sign != "off" and not self.keys:
+            problems.append(_problem(("keys",), "no key: list at least one [[signing.keys]] entry, or set sign = off"))
+        seen: dict[tuple[str, str], int] = {}
+        for i, entry in enumerate(self.keys):
+            first = seen.setdefault((entry.signing_domain, entry.selector), i)
+            if first != i and self.keys[first].key.public != entry.key.public:
+                problems.append(
+                    _problem(
+                        ("keys", i, "selector"),
+                        f"signing.keys[{first}] signs d={entry.signing_domain} with selector {entry.selector!r} "
+                        "and another key: one selector names one DNS record, so one key; give this key its own "
+                        "selector",
+                    )
+                )
+            elif first != i and self.keys[first].domain == entry.domain:
+                problems.append(_problem(("keys", i), f"the same entry as signing.keys[{first}]; remove one"))
+        if problems:
+            raise ValidationError.from_exception_data("SigningSettings", problems)
+        return self
+
+
+def _problem(loc: tuple[str | int, ...], text: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("value_error", text), loc=loc, input=None)
