@@ -57,7 +57,7 @@ def settings(port: int, **change: object) -> NotifySettings:
         max_attempts=100,
         timeout=5.0,
     )
-    return replace(base, **change)  # type: ignore[arg-type]
+    return base.model_copy(update=change)
 
 
 def wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -135,7 +135,9 @@ def test_guarded_senders_never_get_a_notice_but_admin_and_recipients_do(
 ) -> None:
     sink.clear()
     notifier = Notifier(settings(relay_postfix.notify_port))
-    policy = replace(ADMIN_AND_RECIPIENTS, sender_virus=True)  # even with sender notices for viruses allowed
+    policy = ADMIN_AND_RECIPIENTS.model_copy(
+        update={"sender_virus": True}
+    )  # even with sender notices for viruses allowed
     cases = [replace(FACTS, sender=""), replace(FACTS, precedence="bulk"), replace(FACTS, spf="fail")]
     for i, facts in enumerate(cases):
         notifier.submit("virus", replace(facts, queue_id=f"Q{i}"), policy)

@@ -70,7 +70,7 @@ def body(data: bytes) -> str:
 
 
 def test_audiences_admin_first_one_notice_per_address() -> None:
-    policy = replace(EVERYONE, admin=("bob@example.com", "pm@example.com"))
+    policy = EVERYONE.model_copy(update={"admin": ("bob@example.com", "pm@example.com")})
     assert audiences(FACTS, policy) == [
         ("admin", "bob@example.com", FACTS.recipients),
         ("admin", "pm@example.com", FACTS.recipients),
@@ -112,7 +112,7 @@ def test_rule_notice_reaches_the_sender_when_configured() -> None:
 def test_guarded_sender_notice_is_counted_by_guard_name(change: dict[str, str], guard: str) -> None:
     relay = Relay()
     notifier = Notifier(SETTINGS, send=relay)
-    notifier.submit("rule", replace(FACTS, **change), replace(EVERYONE, admin=()))  # type: ignore[arg-type]
+    notifier.submit("rule", replace(FACTS, **change), EVERYONE.model_copy(update={"admin": ()}))  # type: ignore[arg-type]
     notifier.close(5.0)
     assert sorted(to for to, _ in relay.sent) == ["bob@example.com", "carol@example.com"]
     assert notifier.counts.suppressed == {guard: 1}
@@ -132,7 +132,7 @@ def test_daily_cap_stops_the_notice_after_the_cap() -> None:
 def test_nothing_to_do_is_not_queued() -> None:
     notifier = Notifier(SETTINGS, send=Relay(), start=False)
     assert not notifier.submit("virus", FACTS, DomainNotify())  # nobody configured
-    assert not notifier.submit("rule", FACTS, replace(EVERYONE, events=("virus",)))  # event not chosen
+    assert not notifier.submit("rule", FACTS, EVERYONE.model_copy(update={"events": ("virus",)}))  # event not chosen
     assert not notifier.submit("no-such-event", FACTS, EVERYONE)
     assert notifier.stats()["pending"] == 0
 
@@ -187,7 +187,7 @@ def test_submit_never_blocks_a_full_queue_drops_and_logs(caplog: pytest.LogCaptu
     def stuck(to: str, data: bytes, smtputf8: bool) -> None:
         release.wait(10)
 
-    notifier = Notifier(replace(SETTINGS, queue_size=3), send=stuck)
+    notifier = Notifier(SETTINGS.model_copy(update={"queue_size": 3}), send=stuck)
     policy = DomainNotify(admin=("pm@example.com",), events=("virus",))
     with caplog.at_level(logging.ERROR, "quorum.notify"):
         answers = [notifier.submit("virus", replace(FACTS, queue_id=f"Q{i}"), policy) for i in range(50)]
@@ -213,7 +213,7 @@ def test_close_flushes_the_queue() -> None:
 
 def test_close_gives_pending_retries_a_last_try_and_logs_the_rest(caplog: pytest.LogCaptureFixture) -> None:
     relay = Relay(lambda n: SendError("relay down"))
-    notifier = Notifier(replace(SETTINGS, retry_backoff=60.0, retry_backoff_max=60.0), send=relay)
+    notifier = Notifier(SETTINGS.model_copy(update={"retry_backoff": 60.0, "retry_backoff_max": 60.0}), send=relay)
     notifier.submit("virus", FACTS, DomainNotify(admin=("pm@example.com",), events=("virus",)))
     wait(lambda: notifier.counts.retried == 1)
     with caplog.at_level(logging.ERROR, "quorum.notify"):

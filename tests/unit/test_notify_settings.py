@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from quorum.config.fields import Problems, Table
-from quorum.notify.settings import DEFAULT_EVENTS, DomainNotify, parse_domain_notify, parse_settings
+from quorum.notify.feature import TABLES
+from quorum.notify.settings import DEFAULT_EVENTS, DomainNotify, NotifySettings, parse_domain_notify, parse_settings
 from quorum.notify.tenant import parse_domain
 
 
@@ -121,7 +123,7 @@ def test_domain_table() -> None:
         {"admin": ["postmaster@example.com"], "recipient": True, "events": ["virus", "rule", "virus"]}
     )
     assert problems.errors == []
-    assert settings == DomainNotify(("postmaster@example.com",), True, False, False, ("rule", "virus"))
+    assert settings == DomainNotify(admin=("postmaster@example.com",), recipient=True, events=("rule", "virus"))
     assert settings.wants("virus") and settings.wants("rule") and not settings.wants("quarantine")
 
 
@@ -129,9 +131,9 @@ def test_domain_table() -> None:
     ("data", "key"),
     [
         ({"admin": "postmaster@example.com"}, "admin"),
-        ({"admin": ["nobody"]}, "admin"),
+        ({"admin": ["postmaster@example.com", "nobody"]}, "admin[1]"),
         ({"recipient": "yes"}, "recipient"),
-        ({"events": ["virus", "phish"]}, "events"),
+        ({"events": ["virus", "phish"]}, "events[1]"),  # the item
         ({"sender_virus": True}, "sender_virus"),
         ({"admins": ["x@example.com"]}, "admins"),
     ],
@@ -149,3 +151,62 @@ def test_tenant_extension_parses_the_domain_key() -> None:
     table = Table({"notify": "yes"}, 'domains."example.com"', problems)
     assert parse_domain(table, "notify") == DomainNotify()
     assert problems.errors[0].startswith('domains."example.com".notify:')
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_tables_have_a_json_schema(name: str) -> None:
+    schema = TypeAdapter(TABLES[name]).json_schema()
+    assert {"from", "relay", "daily_cap"} <= set(schema["properties"]) and "redis" not in schema["properties"]
+    assert schema["properties"]["relay"] == {"default": "127.0.0.1:10026", "title": "Relay", "type": "string"}
+
+
+def test_messages_say_what_to_write() -> None:
+    _, problems = parse({"notify": {"relay": "localhost", "templates": 5, "key_prefix": "q{x}"}})
+    assert problems.errors == [
+        'notify.from: missing; set the From: address of notices, e.g. "postmaster@example.net"',
+        'notify.relay: \'localhost\' is not "host:port"; name the notice listener, e.g. "127.0.0.1:10026"',
+        "notify.templates: expected a string, got 5; fix the value or remove the key",
+        "notify.key_prefix: must not contain '{' or '}' (Redis Cluster hash tags); remove them",
+    ]
+
+
+def test_from_is_the_only_spelling_in_the_file_and_from_address_in_code() -> None:
+    _, problems = parse({"notify": {"from_address": "pm@example.net"}})
+    assert [e.split(":", 1)[0] for e in problems.errors] == ["notify.from_address"]
+    made = NotifySettings(from_address="pm@example.net", relay=("::1", 25))
+    assert (made.from_address, made.relay, made.redis) == ("pm@example.net", ("::1", 25), None)
+
+
+def test_a_disabled_table_is_not_checked() -> None:
+    settings, problems = parse({"notify": {"enabled": False, "relay": "nowhere"}})
+    assert settings is None and problems.errors == []
+
+
+def test_empty_templates_means_the_built_in_ones() -> None:
+    settings, problems = parse({"notify": {"from": "pm@example.net", "templates": ""}})
+    assert problems.errors == [] and settings.templates is None
+
+
+def test_domain_messages_and_every_audience_problem_at_once() -> None:
+    _, problems = domain({"events": ["digest"], "sender_virus": True})
+    assert problems.errors == [
+        'domains."example.com".notify.events: "digest" goes to recipients; also set recipient = true, or remove it',
+        'domains."example.com".notify.sender_virus: only used with sender = true; set it or remove sender_virus',
+    ]
+    _, problems = domain({"admin": ["nobody"], "events": ["phish"]})
+    assert problems.errors == [
+        'domains."example.com".notify.admin[0]: \'nobody\' is not a plain address; use e.g. ["postmaster@example.com"]',
+        'domains."example.com".notify.events[0]: must be one of virus | quarantine | rule | spam_reject | digest, '
+        "got 'phish'",
+    ]
+
+
+def test_a_redis_record_is_checked_by_the_same_model() -> None:
+    from quorum.tenants.schema import SchemaContext, parse_fragment
+
+    entry, problems = parse_fragment(
+        {"notify": {"events": ["virus", "rule"], "sender": True}}, "example.com", SchemaContext()
+    )
+    assert entry is not None and entry.values["notify"] == DomainNotify(sender=True, events=("rule", "virus"))
+    entry, problems = parse_fragment({"notify": {"events": ["phish"]}}, "example.com", SchemaContext())
+    assert entry is None and [e.split(":", 1)[0] for e in problems.errors] == ['domains."example.com".notify.events[0]']

@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -34,6 +35,7 @@ from pydantic_core import PydanticCustomError
 from quorum.config.problems import Problems, shown
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # Hard bounds every number stays within, whatever the key: past them a value is a typo (or an
 # attack on the config) and breaks the code that uses it (timers overflow, C calls refuse it).
@@ -126,6 +128,19 @@ def validate(
         return model.model_validate(dict(data), context=dict(context or {}))
     except ValidationError as exc:
         report(exc, model, path, problems)
+        return None
+
+
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+"""For a `TypeAdapter` of one value (a per-domain key): the same rules as a table's fields."""
+
+
+def validate_value(adapter: TypeAdapter[T], value: Any, path: str, problems: Problems) -> T | None:
+    """One value checked by `adapter` (built with `config=STRICT`); None, problems recorded at `path`."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        report(exc, Settings, path, problems)
         return None
 
 
@@ -223,7 +238,7 @@ def known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         current = _inner_model(current, part)
         if current is None:
             return []
-    return list(current.model_fields) if _is_model(current) else []
+    return [f.alias or name for name, f in current.model_fields.items()] if _is_model(current) else []
 
 
 def _is_model(value: Any) -> bool:

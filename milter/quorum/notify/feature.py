@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from quorum.config.fields import Table
 from quorum.notify.cap import DailyCap
 from quorum.notify.notifier import Notifier
-from quorum.notify.settings import NotifySettings, parse_settings
+from quorum.notify.settings import NotifySettings, NotifyTable, parse_settings
 
-
-def parse(root: Table) -> NotifySettings | None:
-    return parse_settings(root)
+TABLES: dict[str, Any] = {"notify": NotifyTable}  # [redis]: quorum.redisconn (declared by ratelimit)
+parse = parse_settings  # None when [notify] is absent or `enabled = false`
 
 
 def build(config: Any, settings: NotifySettings) -> list[Any]:
