@@ -80,15 +80,18 @@ def main() -> int:
     work = workload(keys, args.count)
     with tempfile.TemporaryDirectory() as tmp, DnsServer(Path(tmp), z.zones(keys)) as nsd:
         for cache in (0, 10000):
-            resolver = Resolver(DnsSettings(("127.0.0.1",), nsd.port, 2.0, cache))
+            resolver = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=nsd.port, timeout=2.0, cache_size=cache))
             stage = AuthStage(AuthSettings(), resolver, "mx.bench.test")
             run(stage, work[:8])  # warm up imports and code paths
             resolver.queries = 0
             times = run(stage, work)
             report(f"SPF+DKIM+DMARC, cache {'on ' if cache else 'off'}", times)
             print(f"{'':<34} resolver calls per message (cache hits included): {resolver.queries / len(work):.1f}")
-        resolver = Resolver(DnsSettings(("127.0.0.1",), nsd.port, 2.0, 0))
-        lists = [DnsblList("reject.bl.test", "reject"), DnsblList("score.bl.test", "score", 0.5)]
+        resolver = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=nsd.port, timeout=2.0, cache_size=0))
+        lists = [
+            DnsblList(zone="reject.bl.test", action="reject"),
+            DnsblList(zone="score.bl.test", action="score", weight=0.5),
+        ]
         times = []
         for i in range(args.count):
             ip = z.CLIENT_LISTED if i % 2 else f"198.51.100.{i % 250 + 1}"

@@ -53,12 +53,12 @@ class _PartlyBrokenDns(DnsServer):
 @pytest.fixture(scope="module")
 def uncooperative(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
     with _PartlyBrokenDns(tmp_path_factory.mktemp("nsd-uncoop"), z.uncooperative_zones()) as server:
-        yield Resolver(DnsSettings(("127.0.0.1",), server.port, 2.0, 0))
+        yield Resolver(DnsSettings(nameservers=("127.0.0.1",), port=server.port, timeout=2.0, cache_size=0))
 
 
 @pytest.fixture()
 def resolver(nsd: DnsServer) -> Resolver:
-    return Resolver(DnsSettings(("127.0.0.1",), nsd.port, 2.0, 0))
+    return Resolver(DnsSettings(nameservers=("127.0.0.1",), port=nsd.port, timeout=2.0, cache_size=0))
 
 
 def soon() -> float:
@@ -76,7 +76,7 @@ def test_resolver_answers_from_the_configured_server_only(resolver: Resolver) ->
 
 
 def test_server_down_is_a_temporary_error() -> None:
-    dead = Resolver(DnsSettings(("127.0.0.1",), free_port(), 0.3, 0))
+    dead = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=free_port(), timeout=0.3, cache_size=0))
     start = time.monotonic()
     with pytest.raises(DnsTempError):
         dead.query("spf-pass.test", "TXT")
@@ -84,7 +84,7 @@ def test_server_down_is_a_temporary_error() -> None:
 
 
 def test_cache_serves_repeats(nsd: DnsServer) -> None:
-    cached = Resolver(DnsSettings(("127.0.0.1",), nsd.port, 2.0, 100))
+    cached = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=nsd.port, timeout=2.0, cache_size=100))
     assert cached.txt("spf-pass.test") == cached.txt("spf-pass.test")
 
 
@@ -111,7 +111,7 @@ def test_spf(resolver: Resolver, domain: str, expected: str) -> None:
 def test_spf_helo_identity_and_temperror(resolver: Resolver) -> None:
     result = check_spf(resolver, z.CLIENT_GOOD, "", "helo.spf-pass.test", soon())
     assert (result.result, result.identity) == ("pass", "helo")
-    dead = Resolver(DnsSettings(("127.0.0.1",), free_port(), 0.3, 0))
+    dead = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=free_port(), timeout=0.3, cache_size=0))
     assert check_spf(dead, z.CLIENT_GOOD, "a@spf-temp.test", "h.test", soon()).result == "temperror"
 
 
@@ -182,8 +182,8 @@ def test_dmarc_survives_a_tld_that_does_not_answer(uncooperative: Resolver, tld:
 
 def test_dnsbl(resolver: Resolver) -> None:
     lists = [
-        DnsblList("reject.bl.test", "reject", 1.0, (ipaddress.IPv4Network("127.0.0.2/32"),)),
-        DnsblList("score.bl.test", "score", 0.5),
+        DnsblList(zone="reject.bl.test", action="reject", weight=1.0, codes=(ipaddress.IPv4Network("127.0.0.2/32"),)),
+        DnsblList(zone="score.bl.test", action="score", weight=0.5),
     ]
     listed = check(resolver, lists, z.CLIENT_LISTED, soon())
     assert [(x.zone, x.codes) for x in listed.listings] == [
@@ -194,6 +194,6 @@ def test_dnsbl(resolver: Resolver) -> None:
     assert refused.listings == () and refused.errors == ("reject.bl.test: refused (127.255.255.254)",)
     assert check(resolver, lists, z.CLIENT_OTHER_CODE, soon()).listings == ()
     assert check(resolver, lists, z.CLIENT_GOOD, soon()).listings == ()
-    dead = Resolver(DnsSettings(("127.0.0.1",), free_port(), 0.3, 0))
+    dead = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=free_port(), timeout=0.3, cache_size=0))
     down = check(dead, lists, z.CLIENT_LISTED, soon())
     assert down.listings == () and len(down.errors) == 2

@@ -191,7 +191,7 @@ def test_dkim_pass_with_folded_headers_and_8bit_body_survives_postfix_and_quorum
     assert "dkim=pass header.d=nodmarc.test header.s=k1 header.a=rsa-sha256" in header
     # the delivered copy (our A-R and Postfix's Received on top) still verifies
     msg = Message.from_bytes(delivered.raw)
-    resolver = Resolver(DnsSettings(("127.0.0.1",), stack.dns.port, 2.0, 0))
+    resolver = Resolver(DnsSettings(nameservers=("127.0.0.1",), port=stack.dns.port, timeout=2.0, cache_size=0))
     (result,) = verify_dkim(msg.raw(), msg.headers, resolver, time.monotonic() + 5, 5, 1024)
     assert result.result == "pass"
     assert "Grüße aus Köln".encode() in delivered.raw

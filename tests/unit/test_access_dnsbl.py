@@ -42,8 +42,8 @@ def dns() -> FakeResolver:
     )
 
 
-REJECT = DnsblList("reject.bl.test", "reject", 1.0, (ipaddress.IPv4Network("127.0.0.2/32"),))
-SCORE = DnsblList("score.bl.test", "score", 0.5)
+REJECT = DnsblList(zone="reject.bl.test", action="reject", weight=1.0, codes=(ipaddress.IPv4Network("127.0.0.2/32"),))
+SCORE = DnsblList(zone="score.bl.test", action="score", weight=0.5)
 
 
 def test_listings_codes_refusals_and_errors(dns: FakeResolver) -> None:
@@ -122,7 +122,7 @@ def test_score_listing_becomes_a_vote(stage: DnsblStage) -> None:
 
 
 def test_heavy_score_listing_is_a_spam_vote(dns: FakeResolver) -> None:
-    st = DnsblStage(dns, (DnsblList("score.bl.test", "score", 3.0),), (), ("postmaster",))
+    st = DnsblStage(dns, (DnsblList(zone="score.bl.test", action="score", weight=3.0),), (), ("postmaster",))
     try:
         s = session(LISTED)
         s.envelope.recipients.append("user@rcpt.test")

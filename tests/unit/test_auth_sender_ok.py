@@ -142,7 +142,9 @@ def test_sender_verified(sender: str, spf: SpfResult | None, dkim: list[DkimResu
 
 @pytest.fixture()
 def dnsbl(dns: FakeResolver) -> Iterator[DnsblStage]:
-    reject = DnsblList("reject.bl.test", "reject", 1.0, (ipaddress.IPv4Network("127.0.0.2/32"),))
+    reject = DnsblList(
+        zone="reject.bl.test", action="reject", weight=1.0, codes=(ipaddress.IPv4Network("127.0.0.2/32"),)
+    )
     st = DnsblStage(dns, (reject,), (), ("postmaster",), workers=2)
     yield st
     st.close()

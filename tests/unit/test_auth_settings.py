@@ -6,9 +6,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter
 
 from quorum.assembly import parse_config
-from quorum.auth.feature import AuthFeatureSettings
+from quorum.auth.feature import TABLES, AuthFeatureSettings
 from quorum.config import ConfigError
 from quorum.features import FEATURES
 
@@ -144,19 +145,19 @@ sender = "{tmp_path / "absent"}"
 exempt_recipients = ["@example.com"]
 """)
     text = "\n".join(found)
-    assert "dns.nameservers: 'resolver.local' is not an IP address" in text
+    assert "dns.nameservers[0]: 'resolver.local' is not an IP address" in text
     assert "dns.port: must be at most 65535" in text
     assert "auth.spf_at: must be one of eom | mail" in text
     assert "auth.dmarc_enforce: must be one of off | quarantine | reject" in text
-    assert "auth.trusted_networks: '10.0.0.1/8' is not an address or network" in text
+    assert "auth.trusted_networks[0]: '10.0.0.1/8' is not an address or network" in text
     assert "auth.dkim_max_signature: unknown key" in text
     assert "dnsbl[0].zone: 'not a zone' is not a DNS zone" in text
-    assert "dnsbl[0].codes: '10.0.0.1': not in 127.0.0.0/8" in text
-    assert "dnsbl[1].zone: '' is not a DNS zone" in text
+    assert "dnsbl[0].codes[0]: '10.0.0.1': not in 127.0.0.0/8" in text
+    assert "dnsbl[1].zone: missing" in text
     assert "dnsbl[1].action: must be one of reject | score" in text
     assert f"access.client: {tmp_path / 'bad'}:2: '300.1.1.1' is not an IP address" in text
     assert f"access.sender: {tmp_path / 'absent'}: no such file" in text
-    assert "access.exempt_recipients: '@example.com'" in text
+    assert "access.exempt_recipients[0]: '@example.com'" in text
 
 
 def test_dnsbl_must_be_an_array_of_tables() -> None:
@@ -164,3 +165,25 @@ def test_dnsbl_must_be_an_array_of_tables() -> None:
     assert any("dnsbl[0].zone" in p and "listed twice" not in p for p in problems("[[dnsbl]]\nweight = 1\n"))
     twice = problems('[[dnsbl]]\nzone = "a.test"\n[[dnsbl]]\nzone = "A.test."\n')
     assert any("dnsbl[1].zone: a.test is listed twice" in p for p in twice)
+
+
+def test_table_files_are_checked_when_another_key_is_wrong(tmp_path: Path) -> None:
+    found = problems(f'[access]\nsender = "{tmp_path / "absent"}"\nreload_interval = -1\n')
+    assert any(p.startswith("access.reload_interval: must be at least 0") for p in found)
+    assert any(p.startswith("access.sender: ") and "no such file" in p for p in found)
+
+
+def test_dmarc_without_spf_or_dkim_is_warned() -> None:
+    config = parse_config(tomllib.loads("[auth]\ndkim = false\n"))
+    assert any(w.startswith("auth.dmarc: DMARC is evaluated with SPF or DKIM switched off") for w in config.warnings)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_tables_have_a_json_schema(name: str) -> None:
+    schema = TypeAdapter(TABLES[name]).json_schema()
+    assert schema
+    if name == "dnsbl":
+        entry = schema["$defs"]["DnsblList"]
+        assert entry["required"] == ["zone"] and entry["properties"]["codes"]["items"] == {"type": "string"}
+    if name == "auth":
+        assert schema["properties"]["trusted_networks"]["default"] == ["127.0.0.0/8", "::1/128"]

@@ -34,7 +34,7 @@ def test_our_own_id_is_refused_with_the_fix() -> None:
             data["milter"] = {"authserv_id": own}
         _, problems = load(data)
         (error,) = problems.errors
-        assert error.startswith("auth.trusted_upstream_authserv_ids: ") and "AuthservID" in error
+        assert error.startswith("auth.trusted_upstream_authserv_ids[0]: ") and "AuthservID" in error
 
 
 def test_a_disguised_id_is_refused() -> None:

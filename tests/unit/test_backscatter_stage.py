@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
+from quorum.assembly import parse_config
 from quorum.backscatter import batv
+from quorum.backscatter.feature import TABLES
 from quorum.backscatter.settings import BackscatterSettings, parse_settings
 from quorum.backscatter.stage import HEADER, BackscatterStage, EnvelopeEdits
 from quorum.backscatter.store import MessageIdStore
+from quorum.config import ConfigError
 from quorum.config.fields import Problems, Table
 from quorum.message import Envelope, Message
 from quorum.pipeline.results import Results
@@ -248,7 +252,9 @@ def test_settings(tmp_path: Path) -> None:
     assert "backscatter.colour: unknown key" in text
     problems = Problems()
     parse_settings(Table({"backscatter": {"batv_key": "short"}}, "", problems))
-    assert "at least 16" in problems.errors[0]
+    assert problems.errors == [
+        "backscatter.batv_key: the key is 5 bytes; use at least 16 random bytes (e.g. openssl rand -hex 32)"
+    ]
     assert "secret" not in repr(BackscatterSettings(batv_key=b"secret-secret-secret"))
 
 
@@ -256,3 +262,44 @@ def test_hmac_matches_an_independent_computation() -> None:
     tagged = batv.sign("a@example.com", KEY, now=0)
     ddd = tagged[6:9]
     assert tagged[9:15] == hmac.new(KEY, f"0{ddd}a@example.com".encode(), hashlib.sha1).hexdigest()[:6]
+
+
+def test_settings_problems_all_in_one_run(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_text("abc\n")
+    problems = Problems()
+    table = {"batv_key_file": str(short), "batv_key_number": 10, "key_prefix": "bs:{x}", "message_id_ttl": "1m"}
+    s = parse_settings(Table({"backscatter": table}, "", problems))
+    assert s is not None and s.batv_key is None
+    assert problems.errors == [
+        "backscatter.batv_key_number: must be at most 9, got 10",
+        "backscatter.message_id_ttl: must be at least 3600.0, got 60.0",
+        "backscatter.key_prefix: must not contain '{' or '}' (Redis Cluster hash tags); remove them",
+        "backscatter.batv_key_file: the key is 3 bytes; use at least 16 random bytes (e.g. openssl rand -hex 32)",
+    ]
+    problems = Problems()
+    parse_settings(Table({"backscatter": {"batv_key_file": str(tmp_path / "none"), "batv_key": 5}}, "", problems))
+    assert problems.errors == ["backscatter.batv_key: expected a string, got 5; fix the value or remove the key"]
+    problems = Problems()
+    parse_settings(Table({"backscatter": {"batv_key_file": str(tmp_path / "none")}}, "", problems))
+    assert problems.errors == [
+        f"backscatter.batv_key_file: cannot read {tmp_path / 'none'}: No such file or directory; fix the path"
+    ]
+    assert parse_settings(Table({"backscatter": {"enabled": False, "colour": 1}}, "", problems)) is None
+
+
+def test_a_domain_action_is_one_of_the_global_choices() -> None:
+    config = parse_config({"domains": {"a.example": {"backscatter": "reject"}}})
+    assert config.feature("tenants").domains["a.example"].values == {"backscatter": "reject"}
+    for value in ("bounce", 5):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"domains": {"a.example": {"backscatter": value}}})
+        assert info.value.problems == [
+            f'domains."a.example".backscatter: must be one of reject | tag | quarantine | off, got {value!r}'
+        ]
+
+
+def test_the_table_has_a_json_schema() -> None:
+    schema = TypeAdapter(TABLES["backscatter"]).json_schema()
+    assert schema["properties"]["batv_key"]["type"] == "string" and list(TABLES) == ["backscatter"]
+    assert schema["properties"]["action"]["enum"] == ["reject", "tag", "quarantine", "off"]

@@ -8,10 +8,14 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
+from pydantic import TypeAdapter
 
+from quorum.assembly import parse_config
+from quorum.config import ConfigError
 from quorum.config.fields import Problems, Table
 from quorum.quarantine.audit import audit_logger, invoking_user
 from quorum.quarantine.cli import parse_age
+from quorum.quarantine.feature import TABLES
 from quorum.quarantine.held import header_values, quarantine_reason
 from quorum.quarantine.manage import NOT_HELD, Quarantine, tenant_retention
 from quorum.quarantine.postfix import PostfixCommandError, QueueEntry
@@ -208,7 +212,36 @@ def test_settings_validation() -> None:
     )
     text = "\n".join(problems.errors)
     assert "quarantine.postfix_config_dir" in text and "quarantine.audit_log" in text
-    assert "quarantine.retension: unknown key" in text
+    assert "quarantine.retension: unknown key; did you mean 'retention'?" in text
+    assert "quarantine.postfix_config_dir: 'etc' is not an absolute path; e.g. /etc/postfix" in text
+    assert "quarantine.audit_log: must be one of stderr | syslog | both, got 'file'" in text
+    problems = Problems()
+    parse_settings(Table({"quarantine": {"retention": "30m", "syslog_facility": "local8"}}, "", problems))
+    assert problems.errors == [
+        "quarantine.retention: must be at least 3600.0, got '30m'",
+        "quarantine.syslog_facility: must be one of mail | auth | authpriv | daemon | user | local0 | local1 | "
+        "local2 | local3 | local4 | local5 | local6 | local7, got 'local8'",
+    ]
+
+
+def test_a_domain_retention_has_the_bounds_of_the_global_one() -> None:
+    config = parse_config({"domains": {"a.example": {"quarantine_retention": "30d"}, "b.example": {}}})
+    values = {name: d.values for name, d in config.feature("tenants").domains.items()}
+    assert values == {"a.example": {"quarantine_retention": 30 * DAY}, "b.example": {}}
+    for value, problem in [
+        ("1m", "must be at least 3600.0, got '1m'"),
+        ("soon", "expected seconds or a duration such as \"10m\", got 'soon'; fix the value or remove the key"),
+        (float("inf"), "must be a finite number, got inf"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_config({"domains": {"a.example": {"quarantine_retention": value}}})
+        [found] = info.value.problems
+        assert found.startswith(f'domains."a.example".quarantine_retention: {problem}'), found
+
+
+def test_the_table_has_a_json_schema() -> None:
+    schema = TypeAdapter(TABLES["quarantine"]).json_schema()
+    assert set(schema["properties"]) == set(QuarantineSettings.model_fields) and list(TABLES) == ["quarantine"]
 
 
 def test_invoking_user_under_sudo(monkeypatch: pytest.MonkeyPatch) -> None:

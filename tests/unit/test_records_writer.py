@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import TypeAdapter
 
 from quorum.assembly import parse_config
 from quorum.records import streams
+from quorum.records.feature import TABLES
 from quorum.records.settings import RecordsSettings
 from quorum.records.writer import RecordWriter
 
@@ -140,8 +142,12 @@ def test_a_full_queue_drops_without_blocking() -> None:
     [
         ({"max_len": 5}, True, "records.max_len: must be at least 100"),
         ({"shard": "day"}, True, "records.shard: must be one of auto | none | hour"),
-        ({"stream": "a {b}"}, True, "records.stream:"),
+        ({"stream": "a {b}"}, True, "records.stream: 'a {b}': use a plain key without spaces or braces"),
+        ({"retention": "30m"}, True, "records.retention: must be at least 3600.0, got 1800.0"),
+        ({"batch": "200"}, True, "records.batch: expected a whole number, got '200'"),
+        ({"flush_interval": float("nan")}, True, "records.flush_interval: must be a finite number"),
         ({"bogus": 1}, True, "records.bogus: unknown key"),
+        ({"max_lenght": 1}, True, "records.max_lenght: unknown key; did you mean 'max_len'?"),
         ({}, False, "records: records go to a Redis Stream: add [redis]"),
     ],
 )
@@ -159,3 +165,22 @@ def test_config_problems_name_the_key(records: dict[str, Any], redis: bool, prob
 def test_disabled_records_build_nothing() -> None:
     config = parse_config({"records": {"enabled": False, "max_len": 1000}})
     assert config.feature("records") is None
+
+
+def test_every_problem_of_the_table_in_one_run() -> None:
+    from quorum.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"records": {"max_len": 5, "shard": "day", "queue_size": 5}})
+    assert sorted(p.split(":")[0] for p in info.value.problems) == [
+        "records",  # no [redis]
+        "records.max_len",
+        "records.queue_size",
+        "records.shard",
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_the_tables_have_a_json_schema(name: str) -> None:
+    schema = TypeAdapter(TABLES[name]).json_schema()
+    assert {"stream", "max_len", "shard", "retention"} <= set(schema["properties"])

@@ -20,7 +20,7 @@ class FakeResolver(Resolver):
     """
 
     def __init__(self, records: Iterable[tuple[str, str, str]] = (), failing: Iterable[str] = ()) -> None:
-        self.settings = DnsSettings(("127.0.0.1",), 53, 1.0, 0)
+        self.settings = DnsSettings(nameservers=("127.0.0.1",), port=53, timeout=1.0, cache_size=0)
         self.data: dict[tuple[str, str], list[Any]] = {}
         self.failing = {n.lower().rstrip(".") for n in failing}
         self.asked: list[tuple[str, str]] = []

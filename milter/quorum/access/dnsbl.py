@@ -13,24 +13,60 @@ from collections.abc import Iterable
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from quorum.auth.resolver import DnsTempError, Resolver
-from quorum.config.fields import Table
+from quorum.config.problems import Problems
+from quorum.config.schema import Float, Settings, validate
 from quorum.message import client_address
 
-ACTIONS = ("reject", "score")
 _REFUSED = ipaddress.ip_network("127.255.255.0/24")
 _LOOPBACK = _LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+def _zone_name(value: Any) -> str:
+    """A zone as written, normalised (lower case, no dots around); "" for what is not a string."""
+    return value.strip().strip(".").lower() if isinstance(value, str) else ""
 
 
-@dataclass(frozen=True)
-class DnsblList:
-    zone: str
-    action: str = "score"
-    weight: float = 1.0
-    codes: tuple[IPNetwork, ...] = ()  # empty: any 127.0.0.0/8 answer (except refusals)
+def _valid_zone(zone: str) -> bool:
+    labels = zone.split(".")
+    return len(labels) >= 2 and all(0 < len(x) < 64 and x.replace("-", "").replace("_", "").isalnum() for x in labels)
+
+
+def _zone(value: str) -> str:
+    zone = _zone_name(value)
+    if not _valid_zone(zone):
+        raise ValueError(f'{zone!r} is not a DNS zone; write e.g. zone = "zen.spamhaus.org"')
+    return zone
+
+
+def _code(value: Any) -> Any:
+    """A return code or range, in 127.0.0.0/8."""
+    if isinstance(value, ipaddress.IPv4Network):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("quorum_type", 'expected a return code such as "127.0.0.2"')
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=True)
+        if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(_LOOPBACK_V4):
+            raise ValueError("not in 127.0.0.0/8")
+    except ValueError as exc:
+        raise ValueError(f'{value!r}: {exc}; list return codes such as "127.0.0.2"') from None
+    return net
+
+
+class DnsblList(Settings):
+    """One `[[dnsbl]]` table."""
+
+    zone: Annotated[str, AfterValidator(_zone)]
+    action: Literal["reject", "score"] = "score"
+    weight: Float = Field(1.0, ge=0.0)
+    # empty: any 127.0.0.0/8 answer (except refusals)
+    codes: tuple[Annotated[ipaddress.IPv4Network, BeforeValidator(_code, json_schema_input_type=str)], ...] = ()
 
     def accepts(self, code: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return not self.codes or any(code in net for net in self.codes)
@@ -150,48 +186,23 @@ def check(resolver: Resolver, lists: Iterable[DnsblList], client_ip: str, deadli
     )
 
 
-def _valid_zone(zone: str) -> bool:
-    labels = zone.split(".")
-    return len(labels) >= 2 and all(0 < len(x) < 64 and x.replace("-", "").replace("_", "").isalnum() for x in labels)
-
-
-def parse_lists(items: object, root: Table) -> tuple[DnsblList, ...]:
-    """`[[dnsbl]]` entries: zone, action, weight, codes."""
+def parse_lists(items: object, problems: Problems) -> tuple[DnsblList, ...]:
+    """`[[dnsbl]]` entries: zone, action, weight, codes; a zone listed twice is an error."""
     if items is None:
         return ()
     if not isinstance(items, list):
-        root.problems.error("dnsbl", 'expected an array of tables ([[dnsbl]] with zone = "...")')
+        problems.error("dnsbl", 'expected an array of tables ([[dnsbl]] with zone = "...")')
         return ()
     lists: list[DnsblList] = []
     zones: set[str] = set()
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            root.problems.error(f"dnsbl[{i}]", 'expected a table with zone = "..."')
+            problems.error(f"dnsbl[{i}]", 'expected a table with zone = "..."')
             continue
-        t = Table(item, f"dnsbl[{i}]", root.problems)
-        zone = t.str("zone", "").strip().strip(".").lower()
-        if not _valid_zone(zone):
-            t.problems.error(t.key("zone"), f'{zone!r} is not a DNS zone; write e.g. zone = "zen.spamhaus.org"')
-        elif zone in zones:
-            t.problems.error(t.key("zone"), f"{zone} is listed twice; keep one [[dnsbl]] table per zone")
+        zone = _zone_name(item.get("zone"))
+        if _valid_zone(zone) and zone in zones:
+            problems.error(f"dnsbl[{i}].zone", f"{zone} is listed twice; keep one [[dnsbl]] table per zone")
         zones.add(zone)
-        codes: list[IPNetwork] = []
-        code_list: list[str] = t.str_list("codes", [])
-        for code in code_list:
-            try:
-                net = ipaddress.ip_network(code.strip(), strict=True)
-                if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(_LOOPBACK_V4):
-                    raise ValueError("not in 127.0.0.0/8")
-                codes.append(net)
-            except ValueError as exc:
-                t.problems.error(t.key("codes"), f'{code!r}: {exc}; list return codes such as "127.0.0.2"')
-        lists.append(
-            DnsblList(
-                zone=zone,
-                action=t.choice("action", "score", ACTIONS),
-                weight=t.float("weight", 1.0, minimum=0.0),
-                codes=tuple(codes),
-            )
-        )
-        t.reject_unknown()
+        if (entry := validate(DnsblList, item, f"dnsbl[{i}]", problems)) is not None:
+            lists.append(entry)
     return tuple(lists)

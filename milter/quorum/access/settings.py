@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, field_validator
 
 from quorum.access.header_rules import parse_rules
 from quorum.access.tables import AddressTable, ClientTable, TableError, read_text
 from quorum.config.fields import Table
+from quorum.config.schema import Duration, Settings
 
 
-@dataclass(frozen=True)
-class AccessSettings:
+def _recipient(value: str) -> str:
+    item = value.strip().lower()
+    if not item or item.count("@") > 1 or item.startswith("@"):
+        raise ValueError(f'{item!r}: list local parts ("postmaster") or addresses ("abuse@example.com")')
+    return item
+
+
+class AccessSettings(Settings):
     client: str | None = None  # path of the client IP/CIDR table
     sender: str | None = None
     recipient: str | None = None
     header: str | None = None  # header regex rules
-    exempt_recipients: tuple[str, ...] = ("postmaster", "abuse")  # never refused by DNSBL or client/sender REJECT
-    reload_interval: float = 10.0  # how often a changed file is noticed; 0: only on `quorum reload`
+    # never refused by DNSBL or client/sender REJECT
+    exempt_recipients: tuple[Annotated[str, AfterValidator(_recipient)], ...] = ("postmaster", "abuse")
+    reload_interval: Duration = Field(10.0, ge=0.0)  # how often a changed file is noticed; 0: only on `quorum reload`
+
+    @field_validator("client", "sender", "recipient", "header")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return value or None  # "": no table
 
     @property
     def any_table(self) -> bool:
@@ -32,38 +47,21 @@ PARSERS: dict[str, Callable[[str, str], object]] = {
 }
 
 
-def parse_access(t: Table) -> AccessSettings:
-    d = AccessSettings()
-    paths: dict[str, str | None] = {}
+def parse_access(root: Table) -> AccessSettings:
+    """`[access]`, each table file read and parsed now (its errors name the file and line, whether or
+    not the rest of the table is valid)."""
+    settings, raw = root.model("access", AccessSettings), root.data.get("access")
     for kind, parser in PARSERS.items():
-        path = t.opt_str(kind)
-        if path:
+        path = raw.get(kind) if isinstance(raw, Mapping) else None
+        if path and isinstance(path, str):
             try:
                 parser(read_text(path), path)
             except TableError as exc:
-                t.problems.error(t.key(kind), str(exc))
+                root.problems.error(f"access.{kind}", str(exc))
             except ValueError as exc:  # a NUL in the path
-                t.problems.error(t.key(kind), f"{path!r} is not a usable path ({exc}); fix it or remove the key")
-        paths[kind] = path or None
-    exempt: list[str] = []
-    items: list[str] = t.str_list("exempt_recipients", list(d.exempt_recipients))
-    for item in items:
-        item = item.strip().lower()
-        if not item or item.count("@") > 1 or item.startswith("@"):
-            t.problems.error(
-                t.key("exempt_recipients"),
-                f'{item!r}: list local parts ("postmaster") or addresses ("abuse@example.com")',
-            )
-        exempt.append(item)
-    settings = AccessSettings(
-        client=paths["client"],
-        sender=paths["sender"],
-        recipient=paths["recipient"],
-        header=paths["header"],
-        exempt_recipients=tuple(exempt),
-        reload_interval=t.duration("reload_interval", d.reload_interval),
-    )
-    t.reject_unknown()
+                root.problems.error(
+                    f"access.{kind}", f"{path!r} is not a usable path ({exc}); fix it or remove the key"
+                )
     return settings
 
 

@@ -7,17 +7,25 @@ Authentication-Results header is `[milter] authserv_id`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quorum.access.dnsbl import DnsblList, parse_lists
 from quorum.access.settings import AccessSettings, parse_access
-from quorum.auth.settings import AuthSettings, DnsSettings, parse_auth, parse_dns
+from quorum.auth.settings import AuthSettings, DnsSettings
 from quorum.config.fields import Table
 
 if TYPE_CHECKING:
     from quorum.config import Config
     from quorum.pipeline.stages import Stage
+
+TABLES: dict[str, Any] = {
+    "dns": DnsSettings,
+    "auth": AuthSettings,
+    "dnsbl": tuple[DnsblList, ...],
+    "access": AccessSettings,
+}
 
 
 @dataclass(frozen=True)
@@ -31,15 +39,23 @@ class AuthFeatureSettings:
 
 def parse(root: Table) -> AuthFeatureSettings | None:
     """None when none of [auth], [[dnsbl]] or [access] is configured."""
-    dns = parse_dns(root.table("dns"))
-    has_auth = "auth" in root.data
     milter = root.data.get("milter")
-    own = milter.get("authserv_id") if isinstance(milter, dict) else None
-    auth = parse_auth(root.table("auth"), own if isinstance(own, str) else "quorum")
-    lists = parse_lists(root.raw("dnsbl"), root)
-    access = parse_access(root.table("access"))
-    settings = AuthFeatureSettings(dns, auth, has_auth and auth.enabled, lists, access)
-    if access.sender and not settings.auth_enabled:
+    own = milter.get("authserv_id") if isinstance(milter, Mapping) else None
+    auth = root.model("auth", AuthSettings, {"authserv_id": own if isinstance(own, str) else "quorum"})
+    settings = AuthFeatureSettings(
+        dns=root.model("dns", DnsSettings),
+        auth=auth,
+        auth_enabled="auth" in root.data and auth.enabled,
+        dnsbl=parse_lists(root.data.get("dnsbl"), root.problems),
+        access=parse_access(root),
+    )
+    if auth.dmarc and not (auth.spf and auth.dkim):
+        root.problems.warn(
+            "auth.dmarc",
+            "DMARC is evaluated with SPF or DKIM switched off: mail that would pass through the missing check "
+            "fails DMARC; enable both or set dmarc = false",
+        )
+    if settings.access.sender and not settings.auth_enabled:
         root.problems.warn(
             "access.sender",
             "sender-table OK entries are keyed on the forgeable envelope sender and are honoured only for a "

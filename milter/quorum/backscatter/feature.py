@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from quorum.backscatter.settings import BackscatterSettings, parse_settings
+from quorum.backscatter.settings import BackscatterSettings, BackscatterTable, parse_settings
 from quorum.backscatter.stage import BackscatterStage
 from quorum.backscatter.store import MessageIdStore, redis_client_factory
 from quorum.config.fields import Table
+
+TABLES: dict[str, Any] = {"backscatter": BackscatterTable}
 
 
 def parse(root: Table) -> BackscatterSettings | None:

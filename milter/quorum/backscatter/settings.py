@@ -1,32 +1,71 @@
 """`[backscatter]`: BATV key, Message-ID record lifetime and the default action, validated at load.
 
-Redis comes from the shared `[redis]` table (quorum.redisconn); per-domain actions will come from
-the tenants table (`[domains."d"] backscatter = "reject" | "tag" | "quarantine" | "off"`).
+Redis comes from the shared `[redis]` table (quorum.redisconn); per-domain actions come from the
+tenants table (`[domains."d"] backscatter = "reject" | "tag" | "quarantine" | "off"`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from quorum.config.fields import Table
+from quorum.config.schema import Duration, Int, Settings, Size
 from quorum.redisconn import RedisSettings, shared_redis
 
-ACTIONS = ("reject", "tag", "quarantine", "off")
+Action = Literal["reject", "tag", "quarantine", "off"]
+ACTIONS: tuple[str, ...] = typing.get_args(Action)
 MIN_KEY_BYTES = 16
+SHORT_KEY = f"the key is {{}} bytes; use at least {MIN_KEY_BYTES} random bytes (e.g. openssl rand -hex 32)"
 
 
-@dataclass(frozen=True)
-class BackscatterSettings:
-    redis: RedisSettings = field(default_factory=RedisSettings)
-    batv_key: bytes | None = field(default=None, repr=False)
-    batv_key_number: int = 0
-    batv_validity_days: int = 7
-    message_id_ttl: float = 14 * 86400.0
-    action: str = "tag"
+def _encoded(value: Any) -> Any:
+    """`batv_key` is written as text and used as bytes (code passes bytes)."""
+    if not isinstance(value, str | bytes | None):
+        raise PydanticCustomError("quorum_type", "expected a string")
+    return value.encode() if isinstance(value, str) else value
+
+
+class BackscatterTable(Settings):
+    """`[backscatter]` as written."""
+
+    enabled: bool = True
+    batv_key_file: str | None = None  # read by parse_settings
+    batv_key: Annotated[bytes | None, BeforeValidator(_encoded, json_schema_input_type=str)] = Field(None, repr=False)
+    batv_key_number: Int = Field(0, ge=0, le=9)
+    batv_validity_days: Int = Field(7, ge=1, le=60)
+    message_id_ttl: Duration = Field(14 * 86400.0, ge=3600.0)
+    action: Action = "tag"
     key_prefix: str = "quorum:bs:mid:"
-    backoff: float = 5.0
-    max_bounce_size: int = 1 << 20
+    backoff: Duration = Field(5.0, ge=0.1)
+    max_bounce_size: Size = Field(1 << 20, ge=4096)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, prefix: str) -> str:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
+        return prefix
+
+    @field_validator("batv_key")
+    @classmethod
+    def _one_key(cls, key: bytes | None, info: ValidationInfo) -> bytes | None:
+        """A field's check, so it is reported with the other keys' problems (batv_key_file comes first)."""
+        if key is not None and info.data.get("batv_key_file") is not None:
+            raise ValueError("set batv_key or batv_key_file, not both")
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise ValueError(SHORT_KEY.format(len(key)))
+        return key
+
+
+class BackscatterSettings(BackscatterTable):
+    """What the stage runs with: `[backscatter]`, the key `batv_key_file` holds, and the shared `[redis]`."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
 
     @property
     def batv_keys(self) -> dict[int, bytes]:
@@ -38,50 +77,23 @@ def parse_settings(root: Table) -> BackscatterSettings | None:
     if "backscatter" not in root.data:
         return None
     t = root.table("backscatter")
-    if not t.bool("enabled", True):
-        t.reject_unknown(t.data.keys())
+    if t.data.get("enabled") is False:  # a table switched off is not checked
         return None
-    d = BackscatterSettings()
-    redis = shared_redis(root) or RedisSettings()
-    key_prefix = t.str("key_prefix", d.key_prefix)
-    if "{" in key_prefix or "}" in key_prefix:
-        t.problems.error(t.key("key_prefix"), "must not contain '{' or '}' (Redis Cluster hash tags); remove them")
-    settings = BackscatterSettings(
-        redis=redis,
-        batv_key=_batv_key(t),
-        batv_key_number=t.int("batv_key_number", d.batv_key_number, minimum=0, maximum=9),
-        batv_validity_days=t.int("batv_validity_days", d.batv_validity_days, minimum=1, maximum=60),
-        message_id_ttl=t.duration("message_id_ttl", d.message_id_ttl, minimum=3600.0),
-        action=t.choice("action", d.action, ACTIONS),
-        key_prefix=key_prefix,
-        backoff=t.duration("backoff", d.backoff, minimum=0.1),
-        max_bounce_size=t.size("max_bounce_size", d.max_bounce_size, minimum=4096),
-    )
-    t.reject_unknown()
-    return settings
+    table = dict(t.as_model(BackscatterTable), redis=shared_redis(root) or RedisSettings())
+    path = t.data.get("batv_key_file")
+    if isinstance(path, str) and "batv_key" not in t.data:  # read even when another key is wrong
+        table["batv_key"] = _read_key(t, path)
+    return BackscatterSettings.model_construct(**table)
 
 
-def _batv_key(t: Table) -> bytes | None:
-    inline = t.opt_str("batv_key")
-    path = t.opt_str("batv_key_file")
-    if inline is not None and path is not None:
-        t.problems.error(t.key("batv_key"), "set batv_key or batv_key_file, not both")
-        return None
-    if path is not None:
-        try:
-            key = Path(path).read_bytes().strip()
-        except OSError as exc:
-            t.problems.error(t.key("batv_key_file"), f"cannot read {path}: {exc.strerror or exc}; fix the path")
-            return None
-        name = "batv_key_file"
-    elif inline is not None:
-        key, name = inline.encode(), "batv_key"
-    else:
+def _read_key(t: Table, path: str) -> bytes | None:
+    try:
+        key = Path(path).read_bytes().strip()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        t.problems.error(t.key("batv_key_file"), f"cannot read {path}: {reason}; fix the path")
         return None
     if len(key) < MIN_KEY_BYTES:
-        t.problems.error(
-            t.key(name),
-            f"the key is {len(key)} bytes; use at least {MIN_KEY_BYTES} random bytes (e.g. openssl rand -hex 32)",
-        )
+        t.problems.error(t.key("batv_key_file"), SHORT_KEY.format(len(key)))
         return None
     return key

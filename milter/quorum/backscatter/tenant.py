@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import TypeAdapter
 
-from quorum.backscatter.settings import ACTIONS
+from quorum.backscatter.settings import Action
+from quorum.config.fields import Table
+from quorum.config.schema import STRICT, validate_value
+
+# The choices of `[backscatter] action`, for the file's domain tables and the Redis records alike.
+_ACTION: TypeAdapter[str] = TypeAdapter(Action, config=STRICT)  # type: ignore[arg-type]  # a Literal alias
 
 
-def parse_domain(table: Any, key: str) -> str | None:
-    value = table.raw(key)
-    if value not in ACTIONS:
-        table.problems.error(table.key(key), f"must be one of {' | '.join(ACTIONS)}, got {value!r}")
-        return None
-    return str(value)
+def parse_domain(table: Table, key: str) -> str | None:
+    return validate_value(_ACTION, table.raw(key), table.key(key), table.problems)

@@ -7,6 +7,8 @@ from typing import Any
 from quorum.config.fields import Table
 from quorum.quarantine.settings import QuarantineSettings, parse_settings
 
+TABLES: dict[str, Any] = {"quarantine": QuarantineSettings}
+
 
 def parse(root: Table) -> QuarantineSettings:
     return parse_settings(root)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import TypeAdapter
+
+from quorum.config.fields import Table
+from quorum.config.schema import STRICT, validate_value
+from quorum.quarantine.settings import Retention
+
+_RETENTION: TypeAdapter[float] = TypeAdapter(Retention, config=STRICT)  # the bounds of [quarantine] retention
 
 
-def parse_domain(table: Any, key: str) -> float | None:
-    if table.raw(key) is None:
-        return None
-    return float(table.duration(key, 0.0, minimum=3600.0))
+def parse_domain(table: Table, key: str) -> float | None:
+    value = table.raw(key)
+    return None if value is None else validate_value(_RETENTION, value, table.key(key), table.problems)

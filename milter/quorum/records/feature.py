@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from quorum.config.fields import Table
-from quorum.records.settings import RecordsSettings, parse_settings
+from quorum.records.settings import RecordsSettings, RecordsTable, parse_settings
 from quorum.records.stage import RecordsStage, reserve_tenant_series
 from quorum.records.writer import RecordWriter
+
+TABLES: dict[str, Any] = {"records": RecordsTable}
 
 
 def parse(root: Table) -> RecordsSettings | None:

@@ -15,26 +15,41 @@ Needs `[redis]` (quorum.redisconn: single, Sentinel or Cluster).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from quorum.config.fields import Table
+from quorum.config.schema import Duration, Int, Settings
 from quorum.redisconn import RedisSettings, shared_redis
 
-SHARDS = ("auto", "none", "hour")
 
+class RecordsTable(Settings):
+    """`[records]` as written."""
 
-@dataclass(frozen=True)
-class RecordsSettings:
-    redis: RedisSettings = field(default_factory=RedisSettings)
+    enabled: bool = True
     stream: str = "quorum:records"
-    max_len: int = 100_000
-    shard: str = "auto"
-    retention: float = 7 * 86400.0
-    queue_size: int = 10_000
-    batch: int = 200
-    flush_interval: float = 0.2
-    backoff: float = 1.0
-    tenant_metrics: int = 50
+    max_len: Int = Field(100_000, ge=100)
+    shard: Literal["auto", "none", "hour"] = "auto"
+    retention: Duration = Field(7 * 86400.0, ge=3600.0)
+    queue_size: Int = Field(10_000, ge=10, le=10_000_000)
+    batch: Int = Field(200, ge=1, le=10_000)
+    flush_interval: Duration = Field(0.2, ge=0.001)
+    backoff: Duration = Field(1.0, ge=0.05)
+    tenant_metrics: Int = Field(50, ge=0, le=10_000)
+
+    @field_validator("stream")
+    @classmethod
+    def _plain_key(cls, stream: str) -> str:
+        if not stream or any(c in stream for c in "{} \t\r\n"):
+            raise ValueError(f"{stream!r}: use a plain key without spaces or braces, e.g. quorum:records")
+        return stream
+
+
+class RecordsSettings(RecordsTable):
+    """What the writer runs with: `[records]` and the `[redis]` it writes to."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
 
     @property
     def hourly(self) -> bool:
@@ -47,27 +62,10 @@ def parse_settings(root: Table) -> RecordsSettings | None:
     if "records" not in root.data:
         return None
     t = root.table("records")
-    if not t.bool("enabled", True):
-        t.reject_unknown(allowed_extra=[k for k in t.data if k != "enabled"])
+    if t.data.get("enabled") is False:  # a table switched off is not checked
         return None
-    d = RecordsSettings()
-    stream = t.str("stream", d.stream)
-    if not stream or any(c in stream for c in "{} \t\r\n"):
-        t.problems.error(t.key("stream"), f"{stream!r}: use a plain key without spaces or braces, e.g. quorum:records")
-        stream = d.stream
-    settings = RecordsSettings(
-        redis=shared_redis(root) or RedisSettings(),
-        stream=stream,
-        max_len=t.int("max_len", d.max_len, minimum=100),
-        shard=t.choice("shard", d.shard, SHARDS),
-        retention=t.duration("retention", d.retention, minimum=3600.0),
-        queue_size=t.int("queue_size", d.queue_size, minimum=10, maximum=10_000_000),
-        batch=t.int("batch", d.batch, minimum=1, maximum=10_000),
-        flush_interval=t.duration("flush_interval", d.flush_interval, minimum=0.001),
-        backoff=t.duration("backoff", d.backoff, minimum=0.05),
-        tenant_metrics=t.int("tenant_metrics", d.tenant_metrics, minimum=0, maximum=10_000),
-    )
-    t.reject_unknown()
+    redis = shared_redis(root) or RedisSettings()  # its problems first
+    settings = RecordsSettings.model_construct(**dict(t.as_model(RecordsTable)), redis=redis)
     if "redis" not in root.data:
         t.problems.error("records", 'records go to a Redis Stream: add [redis] (e.g. url = "redis://127.0.0.1:6379/0")')
     return settings

@@ -7,10 +7,12 @@ from typing import Any
 
 from quorum.config.fields import Table
 from quorum.verdictcache.cached import CachedScan
-from quorum.verdictcache.settings import VerdictCacheSettings, parse_settings
+from quorum.verdictcache.settings import VerdictCacheSettings, VerdictCacheTable, parse_settings
 from quorum.verdictcache.store import VerdictStore, entry_key
 
 log = logging.getLogger("quorum.verdictcache")
+
+TABLES: dict[str, Any] = {"verdict_cache": VerdictCacheTable}
 
 
 def parse(root: Table) -> VerdictCacheSettings | None:

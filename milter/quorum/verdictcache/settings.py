@@ -7,19 +7,27 @@ Redis mark malware clean.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
 from quorum.config.fields import Table
+from quorum.config.schema import Duration, Int, Settings, Size, validate
 from quorum.redisconn import RedisSettings, shared_redis
 
 
-@dataclass(frozen=True)
-class VerdictCacheSettings:
-    ttl: float = 3600.0
-    local_entries: int = 10000
+class VerdictCacheTable(Settings):
+    """`[verdict_cache]` as written."""
+
+    enabled: bool = True
+    ttl: Duration = Field(3600.0, ge=1.0)
+    local_entries: Int = Field(10000, ge=0, le=10_000_000)
     key_prefix: str = "quorum:vc:"
-    max_parts: int = 100  # attachments looked at per message; more -> no caching for that message
-    max_size: int = 10 * 1024 * 1024  # larger messages are scanned as a whole, not split (memory stays bounded)
+    max_parts: Int = Field(100, ge=1, le=10000)  # attachments looked at per message; more -> no caching for it
+    max_size: Size = Field(10 * 1024 * 1024, ge=1024)  # larger messages are scanned whole, not split (bounded memory)
+
+
+class VerdictCacheSettings(VerdictCacheTable):
+    """What the cache runs with: `[verdict_cache]` and the shared `[redis]`."""
+
     redis: RedisSettings | None = None  # None: local LRU only (one process)
 
 
@@ -27,18 +35,9 @@ def parse_settings(root: Table) -> VerdictCacheSettings | None:
     if "verdict_cache" not in root.data:
         return None
     t = root.table("verdict_cache")
-    d = VerdictCacheSettings()
-    enabled = t.bool("enabled", True)
-    settings = VerdictCacheSettings(
-        ttl=t.duration("ttl", d.ttl, minimum=1.0),
-        local_entries=t.int("local_entries", d.local_entries, minimum=0, maximum=10_000_000),
-        key_prefix=t.str("key_prefix", d.key_prefix),
-        max_parts=t.int("max_parts", d.max_parts, minimum=1, maximum=10000),
-        max_size=t.size("max_size", d.max_size, minimum=1024),
-        redis=shared_redis(root),
-    )
-    t.reject_unknown()
-    if enabled and settings.redis is not None and settings.redis.hmac_key is None:
+    table = validate(VerdictCacheTable, t.data, t.path, t.problems)
+    settings = VerdictCacheSettings.model_construct(**dict(table or VerdictCacheTable()), redis=shared_redis(root))
+    if table is not None and settings.enabled and settings.redis is not None and settings.redis.hmac_key is None:
         t.problems.warn(
             t.path,
             "not shared through Redis: [redis] has no hmac_key_file, and unsigned entries would let whoever can "
@@ -46,4 +45,4 @@ def parse_settings(root: Table) -> VerdictCacheSettings | None:
             "(head -c 32 /dev/urandom | base64 > /etc/quorum/redis-hmac.key, mode 0640, group quorum), "
             "copy it to every gateway and set redis.hmac_key_file",
         )
-    return settings if enabled else None
+    return settings if settings.enabled else None
