@@ -12,6 +12,7 @@ import pytest
 from quorum.assembly import load_config, parse_config
 from quorum.cli import main as cli_main
 from quorum.config import DEFAULT_CONFIG, ConfigError, Problems, Table
+from quorum.config.schema import Duration, Int, Settings, Size
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:
@@ -169,15 +170,18 @@ def test_bad_sizes(value: Any) -> None:
     assert problem.startswith("milter.max_message_size: ")
 
 
-def test_table_getters_record_problems_without_raising() -> None:
+def test_a_table_model_records_problems_without_raising() -> None:
+    class Sect(Settings):
+        n: Int = 7
+        d: Duration = 0.0
+        s: Size = 0
+        names: tuple[str, ...] = ("z",)
+
     problems = Problems()
-    t = Table({"n": "x", "d": "1m", "s": "1k", "l": ["a", 1]}, "sect", problems)
-    assert t.int("n", 7) == 7
-    assert t.duration("d", 0.0) == 60.0
-    assert t.size("s", 0) == 1024
-    assert t.str_list("l", ["z"]) == ["z"]
-    t.reject_unknown()
-    assert [p.split(":")[0] for p in problems.errors] == ["sect.n", "sect.l"]
+    root = Table({"sect": {"n": "x", "d": "1m", "s": "1k", "names": ["a", 1]}}, "", problems)
+    assert root.model("sect", Sect) == Sect()  # invalid: the defaults stand in
+    assert [p.split(":")[0] for p in problems.errors] == ["sect.n", "sect.names[1]"]
+    assert Table({"d": "1m", "s": "1k"}, "sect", problems).as_model(Sect) == Sect(d=60.0, s=1024)
 
 
 # --- cross checks --------------------------------------------------------------------------------
