@@ -40,6 +40,9 @@ class Feature:
     # The per-domain keys it adds to `[domains."d"]`: (key, module with parse_domain/global_value/
     # merge; see quorum.tenants.extensions). An installed feature's module declares TENANT_KEYS.
     tenant: tuple[tuple[str, str], ...] = ()
+    # The module defining its Prometheus metrics (every `quorum_*` series has one owner: the core's
+    # quorum.metrics or one feature's; tests/unit/test_architecture.py checks it).
+    metrics: str = ""
 
     def tables(self) -> dict[str, Any]:
         """The top-level tables this feature owns and their models (the module's `TABLES`)."""
@@ -65,7 +68,7 @@ class Feature:
 
 FEATURES: tuple[Feature, ...] = (
     Feature("auth", "quorum.auth.feature"),
-    Feature("ratelimit", "quorum.ratelimit.feature", cli="quorum.ratelimit.cli"),
+    Feature("ratelimit", "quorum.ratelimit.feature", cli="quorum.ratelimit.cli", metrics="quorum.ratelimit.metrics"),
     Feature(
         "quarantine",
         "quorum.quarantine.feature",
@@ -74,13 +77,17 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("tenants", "quorum.tenants.feature", cli="quorum.tenants.cli"),
     Feature("backscatter", "quorum.backscatter.feature", tenant=(("backscatter", "quorum.backscatter.tenant"),)),
-    Feature("verdict_cache", "quorum.verdictcache.feature"),
+    Feature("verdict_cache", "quorum.verdictcache.feature", metrics="quorum.verdictcache.store"),
     # after ratelimit: [redis] problems are reported once
-    Feature("notify", "quorum.notify.feature", tenant=(("notify", "quorum.notify.tenant"),)),
+    Feature(
+        "notify", "quorum.notify.feature", tenant=(("notify", "quorum.notify.tenant"),), metrics="quorum.notify.metrics"
+    ),
     Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
-    Feature("signing", "quorum.signing.feature", cli="quorum.signing.cli"),  # DKIM: amends after every other feature
+    Feature(
+        "signing", "quorum.signing.feature", cli="quorum.signing.cli", metrics="quorum.signing.metrics"
+    ),  # DKIM: amends after every other feature
     # last: it records what the stages before it did
-    Feature("records", "quorum.records.feature", cli="quorum.records.cli"),
+    Feature("records", "quorum.records.feature", cli="quorum.records.cli", metrics="quorum.records.metrics"),
 )
 
 ENTRY_POINTS = "quorum.features"
@@ -99,8 +106,9 @@ def installed_features() -> tuple[Feature, ...]:
                 continue
             taken.add(ep.name)
             module = ep.value.partition(":")[0]
-            keys = getattr(importlib.import_module(module), "TENANT_KEYS", {})
-            found.append(Feature(ep.name, module, tenant=tuple(dict(keys).items())))
+            loaded = importlib.import_module(module)
+            keys = tuple(dict(getattr(loaded, "TENANT_KEYS", {})).items())
+            found.append(Feature(ep.name, module, tenant=keys, metrics=getattr(loaded, "METRICS_MODULE", "")))
     except Exception:  # noqa: BLE001 - broken package metadata must not stop Quorum
         log.exception("cannot read the %s entry points", ENTRY_POINTS)
     return tuple(found)

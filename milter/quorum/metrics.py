@@ -47,15 +47,6 @@ ENGINE_FAILURES = Counter(
 ANTIVIRUS_UNAVAILABLE = Counter(
     "quorum_antivirus_unavailable_total", "Messages on which no antivirus engine answered (every one failed)"
 )
-RATELIMIT_REFUSED = Counter(
-    "quorum_ratelimit_refused_total",
-    "Transactions refused by a rate limit, by the kind of the refusing bucket",
-    ["kind"],
-)
-RECORDS_WRITTEN = Counter("quorum_records_written_total", "Session records written to the Redis Stream")
-RECORDS_DROPPED = Counter(
-    "quorum_records_dropped_total", "Session records dropped (queue_full, redis_down, closed)", ["reason"]
-)
 REDIS_FAILURES = Counter(
     "quorum_redis_failures_total",
     "Redis calls that failed (error, timeout, refused), by the feature that made them; the feature backs off",
@@ -137,11 +128,6 @@ def failure_reason(v: Verdict) -> str | None:
     if v.detail == "circuit-open":
         return "circuit_open"
     return None
-
-
-def ratelimit_refused(kind: str) -> None:
-    """A rate limit refused a transaction; `kind` is the refusing bucket's kind (sender_domain, ...)."""
-    RATELIMIT_REFUSED.labels(kind).inc()
 
 
 def serve(listen: str) -> None:

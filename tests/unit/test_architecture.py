@@ -56,3 +56,31 @@ def test_the_import_contracts_hold() -> None:
     done = subprocess.run([str(lint)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
+
+
+def test_every_metric_has_one_owner_the_core_or_a_declared_feature() -> None:
+    """A `quorum_*` series is defined in quorum.metrics or in the metrics module its feature declares
+    (features.Feature.metrics): an operator reading a series finds its owner, and no two define one."""
+    import importlib
+    import pkgutil
+
+    import prometheus_client
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import quorum
+    from quorum.features import all_features
+
+    for info in pkgutil.walk_packages(quorum.__path__, "quorum."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    owners: dict[str, str] = {}
+    modules = ["quorum.metrics", *(f.metrics for f in all_features() if f.metrics)]
+    for name in modules:
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, MetricWrapperBase):
+                assert value._name not in owners, f"{value._name} defined in {owners[value._name]} and {name}"
+                owners[value._name] = name
+    registered = {
+        metric.name for metric in prometheus_client.REGISTRY.collect() if metric.name.startswith("quorum_")
+    }
+    assert registered and registered <= set(owners), f"metrics without a declared owner: {registered - set(owners)}"

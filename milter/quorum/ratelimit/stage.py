@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 
-from quorum import metrics
 from quorum.auth.spf import SpfResult
 from quorum.message import Envelope, Message, printable
 from quorum.pipeline import replies
@@ -21,6 +20,7 @@ from quorum.pipeline.stages import Action, Outcome, Reply, Stage
 from quorum.pipeline.transaction import Connection, Findings, Transaction
 from quorum.ratelimit.buckets import Planner
 from quorum.ratelimit.limiter import Admission, Limiter, RateRefusal, Reservation
+from quorum.ratelimit.metrics import REFUSED
 from quorum.ratelimit.settings import RateLimitSettings
 
 log = logging.getLogger("quorum.ratelimit")
@@ -81,7 +81,7 @@ class RateLimitStage(Stage):
 
     def _refuse(self, env: Envelope, decision: Admission) -> Reply:
         charge = decision.refused
-        metrics.ratelimit_refused(charge.metric_kind if charge else "client_ip")
+        REFUSED.labels(charge.metric_kind if charge else "client_ip").inc()
         label = printable(charge.label) if charge else "this client"
         retry = max(1, math.ceil(decision.retry_after))
         log.info(

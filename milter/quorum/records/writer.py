@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from quorum import metrics
 from quorum.records import streams
+from quorum.records.metrics import DROPPED, WRITTEN
 from quorum.records.settings import RecordsSettings
 from quorum.redisconn import RedisHealth
 
@@ -131,7 +131,7 @@ class RecordWriter:
             return
         self.health.ok()
         self.written += len(batch)
-        metrics.RECORDS_WRITTEN.inc(len(batch))
+        WRITTEN.inc(len(batch))
 
     def _connect(self) -> Any:
         self._client = self._factory()
@@ -140,7 +140,7 @@ class RecordWriter:
     def _drop(self, count: int, reason: str) -> None:
         with self._count_lock:
             self.dropped += count
-        metrics.RECORDS_DROPPED.labels(reason).inc(count)
+        DROPPED.labels(reason).inc(count)
 
     def _close_client(self) -> None:
         client, self._client = self._client, None
