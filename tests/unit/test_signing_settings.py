@@ -225,7 +225,7 @@ def test_check_config_names_the_entry(keys: dict[str, Any], tmp_path: Path) -> N
 def test_an_ed25519_key_without_pynacl_is_refused_by_name(
     keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dkimpy signs Ed25519 through PyNaCl; where it is missing the key is refused at load, not at the
+    """Quorum signs Ed25519 through PyNaCl; where it is missing the key is refused at load, not at the
     first message."""
     monkeypatch.setitem(sys.modules, "nacl.signing", None)
     found = problems({"keys": [entry(keys["rsa"]), entry(keys["ed"], selector="ed1")]})
