@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from quorum import metrics
@@ -71,6 +71,16 @@ def _host_port(default_port: int, item: Any) -> Any:
 
 Node = Annotated[tuple[str, int], BeforeValidator(functools.partial(_host_port, 6379), json_schema_input_type=str)]
 Sentinel = Annotated[tuple[str, int], BeforeValidator(functools.partial(_host_port, 26379), json_schema_input_type=str)]
+
+
+def _no_hash_tag(prefix: str) -> str:
+    if "{" in prefix or "}" in prefix:
+        raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
+    return prefix
+
+
+KeyPrefix = Annotated[str, AfterValidator(_no_hash_tag)]
+"""A feature's Redis key prefix: a brace would make Redis Cluster hash only part of each key."""
 
 
 class RedisTable(Settings):

@@ -241,15 +241,15 @@ def test_extension_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "tests_fake_backscatter", _Ext)
-    register_extension(DomainExtension("backscatter", "tests_fake_backscatter"))
+    register_extension(DomainExtension("colour", "tests_fake_backscatter"))
     try:
-        cfg = config({"example.com": {"backscatter": "reject"}})
-        assert tenants(cfg).domains["example.com"].values["backscatter"] == "reject"
-        found = problems({"example.com": {"backscatter": "maybe"}})
-        assert found == ['domains."example.com".backscatter: must be one of reject | tag | off']
+        cfg = config({"example.com": {"colour": "reject"}})
+        assert tenants(cfg).domains["example.com"].values["colour"] == "reject"
+        found = problems({"example.com": {"colour": "maybe"}})
+        assert found == ['domains."example.com".colour: must be one of reject | tag | off']
     finally:
-        unregister_extension("backscatter")
-    assert any("backscatter: unknown key" in p for p in problems({"example.com": {"backscatter": "reject"}}))
+        unregister_extension("colour")
+    assert any("colour: unknown key" in p for p in problems({"example.com": {"colour": "reject"}}))
 
 
 # -- non-finite numbers in tenant records (issue 17, item 5) ----------------------------------

@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from quorum.config.fields import Table
 from quorum.config.schema import Duration, Int, Settings, Size
-from quorum.redisconn import RedisSettings, shared_redis
+from quorum.redisconn import KeyPrefix, RedisSettings, shared_redis
 
 Action = Literal["reject", "tag", "quarantine", "off"]
 ACTIONS: tuple[str, ...] = typing.get_args(Action)
@@ -40,16 +40,9 @@ class BackscatterTable(Settings):
     batv_validity_days: Int = Field(7, ge=1, le=60)
     message_id_ttl: Duration = Field(14 * 86400.0, ge=3600.0)
     action: Action = "tag"
-    key_prefix: str = "quorum:bs:mid:"
+    key_prefix: KeyPrefix = "quorum:bs:mid:"
     backoff: Duration = Field(5.0, ge=0.1)
     max_bounce_size: Size = Field(1 << 20, ge=4096)
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _no_hash_tag(cls, prefix: str) -> str:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
-        return prefix
 
     @field_validator("batv_key")
     @classmethod

@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from quorum.config.fields import Table, is_dir
 from quorum.config.schema import Duration, Int, Settings, Size, validate
-from quorum.redisconn import RedisSettings, raise_at, shared_redis
+from quorum.redisconn import KeyPrefix, RedisSettings, raise_at, shared_redis
 
 Event = Literal["virus", "quarantine", "rule", "spam_reject", "digest"]
 EVENTS = ("virus", "quarantine", "rule", "spam_reject")  # about one message, submitted by the stage
@@ -95,7 +95,7 @@ class NotifyTable(Settings):
     timeout: Duration = Field(30.0, ge=0.1)  # SMTP timeout per relay command
     render_timeout: Duration = Field(2.0, ge=0.1)  # wall time for one custom template render (in a child process)
     max_size: Size = Field(65536, ge=1024)  # rendered body, bytes
-    key_prefix: str = "quorum:notify:"
+    key_prefix: KeyPrefix = "quorum:notify:"
     redis_retry: Duration = Field(30.0, ge=0.1)  # after a Redis failure, count in process this long before retrying
 
     @model_validator(mode="before")
@@ -114,13 +114,6 @@ class NotifyTable(Settings):
         if not valid_address(parseaddr(value)[1]) or "\n" in value or "\r" in value:
             raise ValueError(f'{value!r} is not an address; use e.g. "Mail Filter <pm@example.net>"')
         return value
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _no_hash_tag(cls, prefix: str) -> str:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
-        return prefix
 
 
 class NotifySettings(NotifyTable):

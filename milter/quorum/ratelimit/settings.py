@@ -27,9 +27,9 @@ from pydantic.json_schema import SkipJsonSchema
 from quorum.config.fields import Table
 from quorum.config.problems import shown
 from quorum.config.schema import Duration, Int, Settings, dotted, explain
-from quorum.redisconn import RedisSettings as RedisSettings  # `[redis]` moved there; old names kept
+from quorum.redisconn import KeyPrefix, raise_at  # `[redis]` moved there; old names kept
+from quorum.redisconn import RedisSettings as RedisSettings
 from quorum.redisconn import parse_redis as parse_redis
-from quorum.redisconn import raise_at
 from quorum.redisconn import shared_redis as shared_redis
 
 KINDS = ("sender_domain", "recipient_domain", "client_ip", "auth_user")
@@ -252,7 +252,7 @@ class RateLimitTable(Settings):
         dict[Annotated[IPNetwork, BeforeValidator(_network, json_schema_input_type=str)], NetworkLimits],
         WrapValidator(_longest_first),
     ] = Field(default_factory=dict)
-    key_prefix: str = "quorum:rl:"
+    key_prefix: KeyPrefix = "quorum:rl:"
     ipv6_prefix: Int = Field(64, ge=32, le=128)
     check_at_connect: bool = False
     backoff: Duration = Field(1.0, ge=0.05)
@@ -260,13 +260,6 @@ class RateLimitTable(Settings):
     max_local_buckets: Int = Field(100_000, ge=100)
     recipient_domain_share: Share = 1.0
     recipient_domain_share_by: Literal["client_ip", "sender"] = "client_ip"  # what one share is counted by
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _no_hash_tag(cls, prefix: str) -> str:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
-        return prefix
 
 
 class RateLimitSettings(RateLimitTable):

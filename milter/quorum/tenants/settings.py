@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from quorum.config.fields import Problems, Table
 from quorum.config.model import PolicySettings
 from quorum.config.schema import Duration, Int, Settings
-from quorum.redisconn import RedisSettings, shared_redis
+from quorum.redisconn import KeyPrefix, RedisSettings, shared_redis
 from quorum.tenants.schema import DomainEntry, EngineInfo, SchemaContext, parse_domains
 
 
@@ -33,17 +33,10 @@ class TenantTable(Settings):
 
     store: Literal["file", "redis"] = "file"
     refresh: Duration = Field(5.0, ge=0.05)
-    key_prefix: str = "quorum:tenant:"
+    key_prefix: KeyPrefix = "quorum:tenant:"
     cache_size: Int = Field(10_000, ge=16, le=10_000_000)
     backoff: Duration = Field(1.0, ge=0.05)
     warn_interval: Duration = Field(60.0, ge=1.0)
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _no_hash_tag(cls, prefix: str) -> str:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError("must not contain '{' or '}' (Redis Cluster hash tags); remove them")
-        return prefix
 
 
 class TenantSettings(TenantTable):

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from quorum.config.fields import Table
 from quorum.config.schema import Duration, Int, Settings, Size, validate
-from quorum.redisconn import RedisSettings, shared_redis
+from quorum.redisconn import KeyPrefix, RedisSettings, shared_redis
 
 
 class VerdictCacheTable(Settings):
@@ -20,7 +20,7 @@ class VerdictCacheTable(Settings):
     enabled: bool = True
     ttl: Duration = Field(3600.0, ge=1.0)
     local_entries: Int = Field(10000, ge=0, le=10_000_000)
-    key_prefix: str = "quorum:vc:"
+    key_prefix: KeyPrefix = "quorum:vc:"
     max_parts: Int = Field(100, ge=1, le=10000)  # attachments looked at per message; more -> no caching for it
     max_size: Size = Field(10 * 1024 * 1024, ge=1024)  # larger messages are scanned whole, not split (bounded memory)
 
