@@ -143,7 +143,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         return 2
     pipeline = build_pipeline(config)
     conn = Connection(args.client_ip, "", args.helo, macros={"i": "SCAN"})
-    txn = pipeline.begin(conn, args.sender)
+    txn = pipeline.begin(conn, args.sender, dry_run=True)  # what it refuses is printed, never recorded
     if args.auth_user:
         txn.envelope.macros["{auth_authen}"] = args.auth_user
     early: Reply | None = pipeline.hook("connect", conn) or pipeline.hook("helo", conn)
@@ -154,9 +154,6 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         if reply is not None:
             rcpt_replies[rcpt] = str(reply)
     early = early or pipeline.hook("data", txn)
-    # A dry run: what it refused is printed, never recorded as a session (abort gives back any
-    # rate-limit reservation and would otherwise write a record of these refusals).
-    txn.refusal, txn.rcpt_refusals, txn.rcpt_refused = None, [], 0
     if early is not None:
         pipeline.abort(txn)
         pipeline.close()

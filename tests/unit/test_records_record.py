@@ -146,3 +146,17 @@ def test_spf_known_at_mail_from_is_recorded_when_the_scan_returned_none() -> Non
     txn.results.put(SpfResult("fail", "mailfrom", "example.net", "alice@example.net"), by="auth")
     ended = replace(outcome(), scan=Scan(log={"dkim": "none"}))
     assert record.from_outcome(txn, ended)["spf"] == "fail"
+
+
+def test_a_dry_run_is_never_recorded() -> None:
+    """`quorum scan` runs every stage on a transaction marked dry_run: its refusals and its outcome
+    are printed, never written as sessions (they would count in `quorum stats`)."""
+    sink = Collect()
+    stage = RecordsStage(sink)  # type: ignore[arg-type]
+    txn = transaction()
+    txn.dry_run = True
+    txn.refusal = Refusal("ratelimit", "data", replies.rate_limited("sender_domain example.net", 30))
+    txn.refused_recipient(Refusal("dnsbl", "rcpt", replies.rate_limited("x", 1), recipient="bob@example.org"))
+    stage.aborted(txn)
+    stage.finished(txn, outcome())
+    assert sink.records == []

@@ -112,8 +112,8 @@ class Pipeline:
             except Exception:  # noqa: BLE001
                 log.exception("stage %s failed in %s", stage.name, name)
 
-    def begin(self, conn: Connection, sender: str) -> Transaction:
-        txn = Transaction(conn, conn.envelope())
+    def begin(self, conn: Connection, sender: str, dry_run: bool = False) -> Transaction:
+        txn = Transaction(conn, conn.envelope(), dry_run=dry_run)
         txn.envelope.sender = sender
         return txn
 

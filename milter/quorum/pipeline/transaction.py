@@ -76,6 +76,7 @@ class Transaction:
     envelope: Envelope
     id: str = field(default_factory=lambda: f"{_PREFIX}.{next(_IDS)}")
     tenant: TenantPolicy | None = None  # set by the pipeline at the first accepted recipient
+    dry_run: bool = False  # `quorum scan`: every stage runs, nothing is recorded as a session
     # Each stage's recipient class (Stage.recipient_class) that every recipient must share, like
     # the tenant policy; fixed by the first accepted recipient (pipeline.rcpt keeps the rule).
     partition: tuple[str | None, ...] = ()

@@ -29,9 +29,12 @@ class RecordsStage(Stage):
         self.writer = writer
 
     def finished(self, txn: Transaction, outcome: Outcome) -> None:
-        self.writer.submit(record.from_outcome(txn, outcome))
+        if not txn.dry_run:
+            self.writer.submit(record.from_outcome(txn, outcome))
 
     def aborted(self, txn: Transaction) -> None:
+        if txn.dry_run:  # `quorum scan`: not a session
+            return
         refusal = txn.refusal
         if refusal is not None:
             self.writer.submit(record.from_refusal(txn, refusal.reply, refusal.stage, refusal.hook, refusal.detail))
