@@ -80,7 +80,5 @@ def test_every_metric_has_one_owner_the_core_or_a_declared_feature() -> None:
             if isinstance(value, MetricWrapperBase):
                 assert value._name not in owners, f"{value._name} defined in {owners[value._name]} and {name}"
                 owners[value._name] = name
-    registered = {
-        metric.name for metric in prometheus_client.REGISTRY.collect() if metric.name.startswith("quorum_")
-    }
+    registered = {metric.name for metric in prometheus_client.REGISTRY.collect() if metric.name.startswith("quorum_")}
     assert registered and registered <= set(owners), f"metrics without a declared owner: {registered - set(owners)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from quorum.auth.arc import ArcResult
 from quorum.auth.dkim import DkimResult
 from quorum.auth.dmarc import DmarcResult
 from quorum.auth.spf import SpfResult
@@ -16,12 +17,14 @@ class AuthFindings:
     spf: SpfResult | None = None
     dkim: tuple[DkimResult, ...] | None = None
     dmarc: DmarcResult | None = None
+    arc: ArcResult | None = None
 
     def record_fields(self) -> dict[str, Any]:
         return {
             "spf": self.spf.result if self.spf is not None else None,
             "dkim": [f"{r.result}:{r.domain}" if r.domain else r.result for r in self.dkim or ()],
             "dmarc": self.dmarc.result if self.dmarc is not None else None,
+            "arc": self.arc.result if self.arc is not None else None,
         }
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 
 import authres
+import authres.arc
 import authres.core
 import authres.dmarc
 
+from quorum.auth.arc import ArcResult
 from quorum.auth.authserv import normalise_id
 from quorum.auth.dkim import DkimResult
 from quorum.auth.dmarc import DmarcResult
@@ -63,12 +65,17 @@ def _dmarc(d: DmarcResult) -> authres.core.AuthenticationResult:
     return res
 
 
+def _arc(a: ArcResult) -> authres.core.AuthenticationResult:
+    return authres.arc.ARCAuthenticationResult(result=a.result, result_comment=_comment(a.reason) or None)
+
+
 def header_value(
     authserv_id: str,
     spf: SpfResult | None,
     dkim: list[DkimResult] | None,
     dmarc: DmarcResult | None,
     auth_user: str = "",
+    arc: ArcResult | None = None,
 ) -> str:
     """The value (folded, one method per line) of our Authentication-Results header.
 
@@ -85,6 +92,8 @@ def header_value(
             results.append(authres.DKIMAuthenticationResult(result="none"))
     if dmarc is not None:
         results.append(_dmarc(dmarc))
+    if arc is not None:
+        results.append(_arc(arc))
     if not results:
         return f"{authserv_id}; none"
     return ";".join([authserv_id, *(f"{_FOLD}{r}" for r in results)])

@@ -66,6 +66,9 @@ class AuthSettings(Settings):
     spf: bool = True
     dkim: bool = True
     dmarc: bool = True
+    # ARC chains (RFC 8617) verified and reported as arc=; chains above arc_max_sets sets are arc=fail unverified.
+    arc: bool = True
+    arc_max_sets: Int = Field(10, ge=1, le=50)
     spf_at: Literal["eom", "mail"] = "eom"
     dkim_max_size: Size = Field(5 * 1024 * 1024, ge=1024)
     dkim_max_signatures: Int = Field(5, ge=1, le=50)

@@ -30,6 +30,7 @@ from dataclasses import replace
 
 from quorum.access.stage import OK, SENDER_OK, sender_domain, sender_verified
 from quorum.auth import results
+from quorum.auth.arc import ArcResult, arc_headers, verify_arc
 from quorum.auth.dkim import DkimResult, not_verified, signature_headers, verify_dkim
 from quorum.auth.dmarc import DmarcResult, evaluate
 from quorum.auth.findings import AuthFindings
@@ -120,6 +121,14 @@ class AuthStage(Stage):
                 dkim = verify_dkim(
                     message.raw(), message.headers, self.resolver, deadline, s.dkim_max_signatures, s.dkim_min_key_bits
                 )
+        arc: ArcResult | None = None
+        if s.arc and not env.auth_user:
+            if not arc_headers(message.headers):
+                arc = ArcResult("none")
+            elif message.truncated or message.size > s.dkim_max_size:
+                arc = ArcResult("fail", 0, "not verified: message too large")
+            else:
+                arc = verify_arc(message.raw(), message.headers, self.resolver, deadline, s.arc_max_sets)
         dmarc: DmarcResult | None = None
         if s.dmarc and not env.auth_user:
             dmarc = evaluate(message.headers, spf, dkim or [], self.resolver, deadline)
@@ -132,9 +141,13 @@ class AuthStage(Stage):
                 if sender_ok
                 else f"none({txn.access_class().source}: sender OK ignored, sender not verified)"
             )
-        found.results.put(AuthFindings(spf, tuple(dkim) if dkim is not None else None, dmarc), by=self.name)
-        found.headers.append((results.HEADER, results.header_value(self.authserv_id, spf, dkim, dmarc, env.auth_user)))
+        found.results.put(AuthFindings(spf, tuple(dkim) if dkim is not None else None, dmarc, arc), by=self.name)
+        found.headers.append(
+            (results.HEADER, results.header_value(self.authserv_id, spf, dkim, dmarc, env.auth_user, arc))
+        )
         self._log(found, spf, dkim, dmarc, trust)
+        if arc is not None and arc.result != "none":
+            found.log["arc"] = str(arc)
         if (
             dmarc is not None
             and message.truncated
