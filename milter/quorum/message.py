@@ -11,7 +11,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -43,6 +43,14 @@ def client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+def in_networks(client_ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the client IP (as Postfix passes it) lies in one of `networks`."""
+    addr = client_address(client_ip)
+    if addr is None:
+        return False
+    return any(addr.version == net.version and addr in net for net in networks)
 
 
 def domain_of(address: str) -> str:

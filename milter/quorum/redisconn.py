@@ -27,31 +27,20 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from quorum import metrics
 from quorum.config.fields import Table
-from quorum.config.schema import Duration, Settings, validate
+from quorum.config.schema import Duration, Settings, raise_at, validate
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
 TLS_FILES = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 _FILES = ("password_file", "sentinel_password_file", "hmac_key_file", *TLS_FILES)
-
-
-def raise_at(problems: Iterable[tuple[str, str]]) -> None:
-    """Raise, from a validator, each (key, text) as the problem of that key: a cross-field check
-    names the key to fix (not its table), and every one is reported, not only the first."""
-    details = [
-        InitErrorDetails(type=PydanticCustomError("value_error", text), loc=(key,), input=None)
-        for key, text in problems
-    ]
-    if details:
-        raise ValidationError.from_exception_data("Settings", details)
 
 
 def _host_port(default_port: int, item: Any) -> Any:

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, Field, ValidationInfo
 
 from quorum.auth.authserv import normalise_id
-from quorum.config.schema import Duration, Int, Settings, Size
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _network(value: Any) -> Any:
-    """An address or CIDR; host bits set are an error (a typo more often than not)."""
-    if isinstance(value, IPNetwork):
-        return value
-    if not isinstance(value, str):
-        raise PydanticCustomError("quorum_type", 'expected an address or network such as "192.0.2.0/24"')
-    try:
-        return ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError as exc:
-        raise ValueError(f'{value!r} is not an address or network ({exc}); write e.g. "192.0.2.0/24"') from None
+from quorum.config.schema import Duration, Int, Network, Settings, Size
 
 
 def _nameserver(value: str) -> str:
@@ -47,7 +32,6 @@ def _upstream_id(item: str, info: ValidationInfo) -> str:
     return value
 
 
-Network = Annotated[IPNetwork, BeforeValidator(_network, json_schema_input_type=str)]
 Nameserver = Annotated[str, AfterValidator(_nameserver)]
 UpstreamId = Annotated[str, AfterValidator(_upstream_id)]
 

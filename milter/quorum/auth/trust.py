@@ -13,18 +13,11 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from quorum.message import Envelope, client_address
+from quorum.message import Envelope, in_networks
 from quorum.pipeline.stages import Reply, Stage
 from quorum.pipeline.transaction import Transaction
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def in_networks(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
-    addr = client_address(client_ip)
-    if addr is None:
-        return False
-    return any(addr.version == net.version and addr in net for net in networks)
 
 
 def trust_reason(envelope: Envelope, networks: Iterable[IPNetwork]) -> str:

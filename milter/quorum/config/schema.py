@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import (
@@ -30,7 +31,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from quorum.config.problems import Problems, shown
 
@@ -115,6 +116,39 @@ Duration = Annotated[
     float, BeforeValidator(_seconds), AfterValidator(_bounded(MAX_DURATION)), WithJsonSchema(_DURATION_SCHEMA)
 ]
 Size = Annotated[int, BeforeValidator(_bytes), AfterValidator(_bounded(MAX_SIZE)), WithJsonSchema(_SIZE_SCHEMA)]
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(value: Any) -> Any:
+    """An address or CIDR; host bits set are an error (a typo more often than not)."""
+    if isinstance(value, IPNetwork):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("quorum_type", 'expected an address or network such as "192.0.2.0/24"')
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f'{value!r} is not an address or network ({exc}); write e.g. "192.0.2.0/24"') from None
+
+
+Network = Annotated[IPNetwork, BeforeValidator(_network, json_schema_input_type=str)]
+"""A client address or network (`trusted_networks`, `[signing] networks`)."""
+
+
+def raise_at(problems: Iterable[tuple[str | tuple[str | int, ...], str]]) -> None:
+    """Raise, from a validator, each (key or location, text) as the problem of that key: a
+    cross-field check names the key to fix (not its table), and every one is reported, not only the
+    first."""
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError("value_error", text), loc=(key,) if isinstance(key, str) else key, input=None
+        )
+        for key, text in problems
+    ]
+    if details:
+        raise ValidationError.from_exception_data("Settings", details)
 
 
 def validate(
@@ -261,7 +295,7 @@ def _unwrap(annotation: Any, want_item: bool) -> Any:
         elif origin in (Union, types.UnionType):
             options = [a for a in typing.get_args(annotation) if a is not type(None)]
             annotation = options[0] if len(options) == 1 else None
-        elif want_item and origin in (tuple, list, dict, Mapping, typing.get_origin(Mapping[str, int])):
+        elif want_item and origin in (tuple, list, dict, Mapping):
             args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
             annotation, want_item = (args[-1] if args else None), False
         else:

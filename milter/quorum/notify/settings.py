@@ -11,8 +11,8 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, field_v
 from pydantic_core import PydanticCustomError
 
 from quorum.config.fields import Table, is_dir
-from quorum.config.schema import Duration, Int, Settings, Size, validate
-from quorum.redisconn import KeyPrefix, RedisSettings, raise_at, shared_redis
+from quorum.config.schema import Duration, Int, Settings, Size, raise_at, validate
+from quorum.redisconn import KeyPrefix, RedisSettings, shared_redis
 
 Event = Literal["virus", "quarantine", "rule", "spam_reject", "digest"]
 EVENTS = ("virus", "quarantine", "rule", "spam_reject")  # about one message, submitted by the stage

@@ -26,8 +26,8 @@ from pydantic.json_schema import SkipJsonSchema
 
 from quorum.config.fields import Table
 from quorum.config.problems import shown
-from quorum.config.schema import Duration, Int, Settings, dotted, explain
-from quorum.redisconn import KeyPrefix, raise_at  # `[redis]` moved there; old names kept
+from quorum.config.schema import Duration, Int, Settings, dotted, explain, raise_at
+from quorum.redisconn import KeyPrefix  # `[redis]` moved there; old names kept
 from quorum.redisconn import RedisSettings as RedisSettings
 from quorum.redisconn import parse_redis as parse_redis
 from quorum.redisconn import shared_redis as shared_redis

@@ -5,17 +5,15 @@ whose key is unreadable, not PEM, too short or of the wrong type (`signing.keys[
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from quorum.config.schema import Duration, Settings
+from quorum.config.schema import Duration, Network, Settings, raise_at
 from quorum.signing.keys import KeyProblem, PrivateKey, load_key
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
 _SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
@@ -33,21 +31,11 @@ def _key(value: Any) -> Any:
         raise ValueError(str(exc)) from None
 
 
-def _network(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError as exc:
-        raise ValueError(f'{value!r} is not an address or network ({exc}); write e.g. "192.0.2.0/24"') from None
-
-
 KeyFile = Annotated[
     PrivateKey,
     BeforeValidator(_key),
     WithJsonSchema({"type": "string", "description": "path to a PEM private key (RSA >= 1024 bits or Ed25519)"}),
 ]
-Network = Annotated[IPNetwork, BeforeValidator(_network, json_schema_input_type=str)]
 
 
 def normalise_domain(value: str) -> str:
@@ -124,15 +112,15 @@ class SigningSettings(Settings):
 
     @model_validator(mode="after")
     def _consistent(self) -> SigningSettings:
-        problems: list[InitErrorDetails] = []
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         if self.sign != "off" and not self.keys:
-            problems.append(_problem(("keys",), "no key: list at least one [[signing.keys]] entry, or set sign = off"))
+            problems.append((("keys",), "no key: list at least one [[signing.keys]] entry, or set sign = off"))
         seen: dict[tuple[str, str], int] = {}
         for i, entry in enumerate(self.keys):
             first = seen.setdefault((entry.signing_domain, entry.selector), i)
             if first != i and self.keys[first].key.public != entry.key.public:
                 problems.append(
-                    _problem(
+                    (
                         ("keys", i, "selector"),
                         f"signing.keys[{first}] signs d={entry.signing_domain} with selector {entry.selector!r} "
                         "and another key: one selector names one DNS record, so one key; give this key its own "
@@ -140,11 +128,6 @@ class SigningSettings(Settings):
                     )
                 )
             elif first != i and self.keys[first].domain == entry.domain:
-                problems.append(_problem(("keys", i), f"the same entry as signing.keys[{first}]; remove one"))
-        if problems:
-            raise ValidationError.from_exception_data("SigningSettings", problems)
+                problems.append((("keys", i), f"the same entry as signing.keys[{first}]; remove one"))
+        raise_at(problems)
         return self
-
-
-def _problem(loc: tuple[str | int, ...], text: str) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError("value_error", text), loc=loc, input=None)

@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import getaddresses
 
-from quorum.message import Header, client_address
+from quorum.config.schema import IPNetwork
+from quorum.message import Header, in_networks
 from quorum.pipeline.amend import Amendment, FinalMessage
 from quorum.pipeline.stages import Action, Reply, Stage
 from quorum.pipeline.transaction import Transaction
 from quorum.signing import metrics
 from quorum.signing.dkimsign import Signer, sign
-from quorum.signing.settings import IPNetwork, KeyEntry, SigningSettings, normalise_domain
+from quorum.signing.settings import KeyEntry, SigningSettings, normalise_domain
 
 log = logging.getLogger("quorum.signing")
 NOT_SIGNED = Reply.tempfail("451", "4.7.0", "Message could not be signed, try again later")
@@ -112,8 +113,7 @@ class SigningStage(Stage):
         env = txn.envelope
         if env.auth_user:
             return "authenticated"
-        addr = client_address(env.client_ip) if env.client_ip else None
-        if addr is not None and any(addr.version == n.version and addr in n for n in self.networks):
+        if env.client_ip and in_networks(env.client_ip, self.networks):
             return "network"
         return ""
 

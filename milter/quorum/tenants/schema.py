@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import Field, SkipValidation, ValidationError, create_model, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, SkipValidation, create_model, model_validator
 
 from quorum.config.fields import Problems, Table
 from quorum.config.model import EngineTable, PolicySettings, ReplyTexts
-from quorum.config.schema import Settings, validate
+from quorum.config.schema import Settings, raise_at, validate
 from quorum.rules import Rule, parse_rules
 from quorum.tenants.extensions import EXTENSIONS
 from quorum.tenants.names import WILDCARD, DomainNameError, normalise_pattern
@@ -60,10 +59,7 @@ class DomainTable(Settings):
         r = self.replies
         if "{name}" in r.virus and not ("disclose_virus_name" in r.model_fields_set and r.disclose_virus_name):
             text = "{name} discloses the virus name; set disclose_virus_name = true or remove {name}"
-            detail = InitErrorDetails(
-                type=PydanticCustomError("value_error", text), loc=("replies", "virus"), input=r.virus
-            )
-            raise ValidationError.from_exception_data("DomainTable", [detail])
+            raise_at([(("replies", "virus"), text)])
         return self
 
 
