@@ -304,6 +304,7 @@ NON_FINITE = [
     ({"milter": {"scan_deadline": "nan s"}}, "milter.scan_deadline"),
     ({"milter": {"scan_deadline": "9" * 400 + "s"}}, "milter.scan_deadline"),  # float() of it is inf
     ({"milter": {"scan_deadline": 1e300}}, "milter.scan_deadline"),  # finite, but no timer takes it
+    ({"milter": {"scan_deadline": 10**400}}, "milter.scan_deadline"),  # float() of it raises
     ({"milter": {"stop_timeout": -INF}}, "milter.stop_timeout"),
     ({"milter": {"progress_interval": NAN}}, "milter.progress_interval"),
     ({"milter": {"max_message_size": 10**30}}, "milter.max_message_size"),

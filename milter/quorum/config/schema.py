@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import functools
 import ipaddress
-import math
 import re
 import types
 import typing
@@ -91,7 +90,9 @@ def _seconds(value: Any) -> Any:
         return float(m.group(1)) * _UNITS[m.group(2)]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("quorum_type", 'expected seconds or a duration such as "10m"')
-    return float(value) if math.isfinite(value) or isinstance(value, float) else value
+    if isinstance(value, int) and abs(value) > MAX_DURATION:  # float() of a huge int raises
+        raise PydanticCustomError("quorum", "must be at most {limit}", {"limit": MAX_DURATION})
+    return float(value)  # nan and inf go on to the float check, which refuses them
 
 
 def _bytes(value: Any) -> Any:
