@@ -67,7 +67,7 @@ class Feature:
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("auth", "quorum.auth.feature"),
+    Feature("auth", "quorum.auth.feature", metrics="quorum.auth.metrics"),
     Feature("ratelimit", "quorum.ratelimit.feature", cli="quorum.ratelimit.cli", metrics="quorum.ratelimit.metrics"),
     Feature(
         "quarantine",

@@ -68,3 +68,33 @@ def rspamd_dkim(url: str, raw: bytes, client_ip: str = "198.51.100.20") -> dict[
         for option in symbols.get(symbol, {}).get("options", []):
             found[option] = result
     return found
+
+
+ARC_SCRIPT = Path(__file__).with_name("arc_verify.pl")
+
+
+@dataclass(frozen=True)
+class ArcVerdict:
+    result: str  # pass | fail | none
+    detail: str
+    seals: list[tuple[int, str, str, str]]  # (instance, cv, d=, that seal's result)
+
+
+def mail_arc(raw: bytes, dns_port: int, dns_host: str = "127.0.0.1") -> ArcVerdict:
+    """Mail::DKIM::ARC::Verifier's judgement of the chain (tests/harness/arc_verify.pl)."""
+    perl = shutil.which("perl")
+    if perl is None:
+        raise RuntimeError("perl missing: install Debian's libmail-dkim-perl (run.sh)")
+    done = subprocess.run(
+        [perl, str(ARC_SCRIPT), dns_host, str(dns_port)], input=raw, capture_output=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"arc_verify.pl failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+    lines = done.stdout.decode(errors="replace").splitlines()
+    result, _, detail = lines[0].partition("\t")
+    seals = []
+    for line in lines[1:]:
+        parts = line.split("\t")
+        if parts[0] == "seal" and len(parts) == 5:
+            seals.append((int(parts[1] or 0), parts[2], parts[3], parts[4]))
+    return ArcVerdict(result, detail, sorted(seals))

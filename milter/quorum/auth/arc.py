@@ -125,3 +125,35 @@ def verify_arc(raw: bytes, headers: list[Header], resolver: Resolver, deadline: 
     sealer = newest.get("as-domain", b"").decode("ascii", "replace").lower()
     aar = oldest.get("aar-value", b"").decode("utf-8", "replace")
     return ArcResult("pass", latest, "", sealer, aar)
+
+
+def _aligned(domain: str, author: str) -> bool:
+    """Relaxed alignment, approximated without the DNS walk: the same name, or one under the other."""
+    d, a = domain.strip().rstrip(".").lower(), author.strip().rstrip(".").lower()
+    return bool(d and a) and (d == a or d.endswith("." + a) or a.endswith("." + d))
+
+
+def vouched(aar: str, author: str) -> str:
+    """Which check the oldest ARC-Authentication-Results (`i=1; id; ...`) says passed there for the
+    From: domain `author`: "dmarc", "dkim" (a pass aligned with it), "spf" (likewise) or ""."""
+    import authres
+
+    text = re.sub(r"^\s*i\s*=\s*\d+\s*;", "", aar.replace("\r\n", "").replace("\n", ""))
+    try:
+        parsed = authres.AuthenticationResultsHeader.parse_value(text.strip())
+    except Exception:  # noqa: BLE001 - an unparsable AAR vouches for nothing
+        return ""
+    found: dict[str, bool] = {}
+    for res in parsed.results:
+        method, result = str(res.method).lower(), str(res.result).lower()
+        if result != "pass":
+            continue
+        props = {(p.type.lower(), p.name.lower()): str(p.value) for p in res.properties}
+        if method == "dmarc":
+            found["dmarc"] = _aligned(props.get(("header", "from"), author), author)
+        elif method == "dkim":
+            found["dkim"] = found.get("dkim", False) or _aligned(props.get(("header", "d"), ""), author)
+        elif method == "spf":
+            mailfrom = props.get(("smtp", "mailfrom"), "").rpartition("@")[2]
+            found["spf"] = _aligned(mailfrom, author)
+    return next((name for name in ("dmarc", "dkim", "spf") if found.get(name)), "")

@@ -70,6 +70,7 @@ class DmarcResult:
     spf_aligned: bool = False
     dkim_aligned: bool = False
     reason: str = ""
+    override: str = ""  # a fail not enforced: "arc from lists.example.org" (a trusted sealer's chain)
 
     def __str__(self) -> str:
         return f"{self.result}({self.policy_tag}={self.policy})" if self.policy else self.result

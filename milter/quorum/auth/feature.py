@@ -1,8 +1,9 @@
 """Sender authentication, DNSBL and access lists: config parsing and stage construction.
 
-Tables: `[dns]` (the one resolver), `[auth]` (SPF/DKIM/DMARC), `[[dnsbl]]` and `[access]`.
-Stages, in order: access (OK/REJECT), DNSBL, then SPF/DKIM/DMARC. The authserv-id of the
-Authentication-Results header is `[milter] authserv_id`.
+Tables: `[dns]` (the one resolver), `[auth]` (SPF/DKIM/DMARC/ARC verification), `[arc]` (ARC
+sealing and trusted sealers), `[[dnsbl]]` and `[access]`. Stages, in order: access (OK/REJECT),
+DNSBL, then SPF/DKIM/DMARC/ARC; with `[arc] seal`, the ARC sealing stage (post-decision hook, after
+every other amendment). The authserv-id of the Authentication-Results header is `[milter] authserv_id`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from quorum.access.dnsbl import DnsblList, parse_lists
 from quorum.access.settings import AccessSettings, parse_access
-from quorum.auth.settings import AuthSettings, DnsSettings
+from quorum.auth.settings import ArcSettings, AuthSettings, DnsSettings
 from quorum.config.fields import Table
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 TABLES: dict[str, Any] = {
     "dns": DnsSettings,
     "auth": AuthSettings,
+    "arc": ArcSettings,
     "dnsbl": tuple[DnsblList, ...],
     "access": AccessSettings,
 }
@@ -35,6 +37,7 @@ class AuthFeatureSettings:
     auth_enabled: bool = True  # [auth] present and enabled
     dnsbl: tuple[DnsblList, ...] = ()
     access: AccessSettings = field(default_factory=AccessSettings)  # exempt_recipients also serve DNSBL
+    arc: ArcSettings = field(default_factory=ArcSettings)
 
 
 def parse(root: Table) -> AuthFeatureSettings | None:
@@ -48,6 +51,7 @@ def parse(root: Table) -> AuthFeatureSettings | None:
         auth_enabled="auth" in root.data and auth.enabled,
         dnsbl=parse_lists(root.data.get("dnsbl"), root.problems),
         access=parse_access(root),
+        arc=root.model("arc", ArcSettings),
     )
     if auth.dmarc and not (auth.spf and auth.dkim):
         root.problems.warn(
@@ -62,6 +66,14 @@ def parse(root: Table) -> AuthFeatureSettings | None:
             "verified sender; without [auth] (SPF/DKIM) only SMTP-authenticated sessions count. Enable [auth] "
             "or key the exemption on the client address ([access] client)",
         )
+    if settings.arc.seal and not (settings.auth_enabled and auth.arc):
+        root.problems.error(
+            "arc.seal",
+            "sealing needs the ARC checks of [auth] (an [auth] table with enabled = true and arc = true): the "
+            "ARC-Authentication-Results are Quorum's own results and cv= is its verdict on the incoming chain",
+        )
+    if settings.arc.trusted_sealers and not (settings.auth_enabled and auth.arc and auth.dmarc):
+        root.problems.warn("arc.trusted_sealers", "has no effect without [auth] with arc = true and dmarc = true")
     if not (settings.auth_enabled or settings.dnsbl or settings.access.any_table):
         return None
     return settings
@@ -81,5 +93,10 @@ def build(config: Config, settings: AuthFeatureSettings) -> list[Stage]:
         exempt = settings.access.exempt_recipients
         stages.append(DnsblStage(resolver, settings.dnsbl, settings.auth.trusted_networks, exempt))
     if settings.auth_enabled:
-        stages.append(AuthStage(settings.auth, resolver, config.milter.authserv_id, config.replies))
+        trusted = settings.arc.trusted_sealers
+        stages.append(AuthStage(settings.auth, resolver, config.milter.authserv_id, config.replies, trusted))
+    if settings.arc.seal:
+        from quorum.auth.arcseal import ArcSealStage
+
+        stages.append(ArcSealStage(settings.arc, config.milter.authserv_id))
     return stages

@@ -20,12 +20,15 @@ class AuthFindings:
     arc: ArcResult | None = None
 
     def record_fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "spf": self.spf.result if self.spf is not None else None,
             "dkim": [f"{r.result}:{r.domain}" if r.domain else r.result for r in self.dkim or ()],
             "dmarc": self.dmarc.result if self.dmarc is not None else None,
             "arc": self.arc.result if self.arc is not None else None,
         }
+        if self.dmarc is not None and self.dmarc.override:
+            fields["dmarc_override"] = self.dmarc.override
+        return fields
 
 
 def spf_of(txn: Transaction, found: Findings | None = None) -> SpfResult | None:

@@ -56,6 +56,8 @@ def _dmarc(d: DmarcResult) -> authres.core.AuthenticationResult:
             notes.append("t=y")
     if d.reason and d.result != "pass":
         notes.append(d.reason)
+    if d.override:
+        notes.append(f"overridden by {d.override}")
     res = authres.dmarc.DMARCAuthenticationResult(result=d.result, result_comment=_comment("; ".join(notes)) or None)
     if d.header_from:
         res.header_from = d.header_from

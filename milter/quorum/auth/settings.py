@@ -1,14 +1,16 @@
-"""Settings of `[dns]` and `[auth]`, validated at load."""
+"""Settings of `[dns]`, `[auth]` and `[arc]`, validated at load (the ARC key is read and checked here,
+with the signing feature's key reader)."""
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from quorum.auth.authserv import normalise_id
-from quorum.config.schema import Duration, Int, Network, Settings, Size
+from quorum.config.schema import Duration, Int, Network, Settings, Size, raise_at
+from quorum.signing.settings import KeyFile, domain_name, selector_name
 
 
 def _nameserver(value: str) -> str:
@@ -64,3 +66,48 @@ class AuthSettings(Settings):
     # They must differ from [milter] authserv_id (the validation context's `authserv_id`): a header
     # with our own id is removed whoever wrote it.
     trusted_upstream_authserv_ids: tuple[UpstreamId, ...] = ()
+
+
+def _sealer(value: str) -> str:
+    return domain_name(value)
+
+
+class ArcSettings(Settings):
+    """`[arc]` (RFC 8617): sealing the mail Quorum passes on, and the sealers whose chains it trusts.
+
+    `seal`: mail from outside (not SMTP-authenticated) that Quorum delivers gets an ARC set, i=
+    the incoming chain's + 1, over its own Authentication-Results, signed by `key` (RSA: RFC 8617
+    allows only rsa-sha256) under `selector._domainkey.domain`. `trusted_sealers`: when DMARC fails
+    but a valid chain's latest seal is by one of these domains and its oldest
+    ARC-Authentication-Results says DMARC (or an aligned DKIM or SPF) passed there, DMARC is not
+    enforced (a mailing list or forwarder that broke the signature)."""
+
+    seal: bool = False
+    domain: str = ""
+    selector: str = ""
+    key: KeyFile | None = None
+    trusted_sealers: tuple[Annotated[str, AfterValidator(_sealer)], ...] = ()
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return domain_name(value) if value else value
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        return selector_name(value) if value else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> ArcSettings:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.seal:
+            for name in ("domain", "selector", "key"):
+                if not getattr(self, name):
+                    problems.append(((name,), f"seal = true needs {name} (the ARC-Seal's d=, s= and its key)"))
+        if self.key is not None and self.key.type != "rsa":
+            problems.append(
+                (("key",), f"{self.key.path!r} is an {self.key.type} key; ARC seals with RSA only (RFC 8617)")
+            )
+        raise_at(problems)
+        return self

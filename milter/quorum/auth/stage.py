@@ -29,8 +29,8 @@ import time
 from dataclasses import replace
 
 from quorum.access.stage import OK, SENDER_OK, sender_domain, sender_verified
-from quorum.auth import results
-from quorum.auth.arc import ArcResult, arc_headers, verify_arc
+from quorum.auth import metrics, results
+from quorum.auth.arc import ArcResult, arc_headers, verify_arc, vouched
 from quorum.auth.dkim import DkimResult, not_verified, signature_headers, verify_dkim
 from quorum.auth.dmarc import DmarcResult, evaluate
 from quorum.auth.findings import AuthFindings
@@ -55,9 +55,15 @@ class AuthStage(Stage):
     name = "auth"
 
     def __init__(
-        self, settings: AuthSettings, resolver: Resolver, authserv_id: str, texts: ReplyTexts | None = None
+        self,
+        settings: AuthSettings,
+        resolver: Resolver,
+        authserv_id: str,
+        texts: ReplyTexts | None = None,
+        trusted_sealers: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
+        self.trusted_sealers = frozenset(trusted_sealers)  # [arc] trusted_sealers
         self.texts = texts or ReplyTexts()
         self.resolver = resolver
         self.authserv_id = authserv_id
@@ -132,6 +138,9 @@ class AuthStage(Stage):
         dmarc: DmarcResult | None = None
         if s.dmarc and not env.auth_user:
             dmarc = evaluate(message.headers, spf, dkim or [], self.resolver, deadline)
+            dmarc = self._arc_override(dmarc, arc)
+        if arc is not None:
+            metrics.VERIFIED.labels(arc.result).inc()
         sender_ok = ""
         if txn.access_class().name == SENDER_OK:
             sender_ok = sender_verified(txn, spf, dkim)
@@ -157,6 +166,17 @@ class AuthStage(Stage):
             found.log["dmarc_action"] = "none(body not stored whole)"
         elif dmarc is not None:
             self._enforce(txn, found, dmarc, trust, sender_ok)
+
+    def _arc_override(self, dmarc: DmarcResult, arc: ArcResult | None) -> DmarcResult:
+        """A DMARC fail vouched for by a trusted sealer: its chain passed, its latest seal is one of
+        `[arc] trusted_sealers`, and the oldest ARC-Authentication-Results says DMARC (or an aligned
+        DKIM or SPF) passed there, before the list or forwarder changed the message."""
+        if dmarc.result != "fail" or arc is None or arc.result != "pass" or arc.sealer not in self.trusted_sealers:
+            return dmarc
+        check = vouched(arc.oldest_aar, dmarc.header_from)
+        if not check:
+            return dmarc
+        return replace(dmarc, override=f"arc from {arc.sealer}, {check}=pass at i=1")
 
     def _body_could_pass(
         self, message: Message, spf: SpfResult | None, dkim: list[DkimResult], deadline: float
@@ -193,6 +213,10 @@ class AuthStage(Stage):
         if dmarc.result != "fail" or dmarc.testing or enforce == "off":
             return
         if dmarc.policy not in ("quarantine", "reject"):
+            return
+        if dmarc.override:
+            ctx.log["dmarc_action"] = f"none(overridden by {dmarc.override})"
+            metrics.OVERRIDDEN.inc()
             return
         if trust or txn.access_class().name == OK:
             ctx.log["dmarc_action"] = f"none({trust or 'access ok'})"

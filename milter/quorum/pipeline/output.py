@@ -28,6 +28,10 @@ class Edits:
     quarantine: str | None = None  # sanitised hold reason
     sender: str | None = None  # new envelope sender (SMFIF_CHGFROM)
     recipients: tuple[tuple[str, str], ...] = ()  # (as received, replacement): SMFIF_DELRCPT + SMFIF_ADDRCPT
+    # From the post-decision hook (quorum.pipeline.amend): inbound fields replaced (name, 1-based
+    # index among that name, sanitised value; SMFIF_CHGHDRS), and a new body (SMFIF_CHGBODY).
+    change: tuple[tuple[str, int, str], ...] = ()
+    body: bytes | None = None
 
     @property
     def delivers(self) -> bool:

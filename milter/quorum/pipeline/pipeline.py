@@ -236,7 +236,7 @@ class Pipeline:
         edits = output.plan(decision, found.scan, message, self.removals, txn)
         notes: list[str] = []
         if self.amenders and edits.delivers:
-            edits, notes = amend.run(self.amenders, txn, message, edits)
+            edits, notes = amend.run(self.amenders, txn, message, edits, found.scan.results)
         return Result(decision, found.scan, edits, notes=notes)
 
     def _oversize(self, message: Message) -> Decision | None:

@@ -47,6 +47,7 @@ class Stage:
 
     name = "stage"
     removals: tuple[tuple[str, HeaderPredicate], ...] = ()
+    amend_phase = 1  # when `amend` runs: 0 content edits (banners), 1 signatures (DKIM), 2 seals (ARC)
 
     def connect(self, conn: Connection) -> Reply | None:
         return None
@@ -93,9 +94,10 @@ class Stage:
         return True
 
     def amend(self, txn: Transaction, final: FinalMessage) -> Amendment | None:
-        """The post-decision edit hook (see quorum.pipeline.amend): add header fields to the
-        message that will leave, seeing it as it will leave, or refuse it. Runs in the milter
-        thread after the decision, only for mail Quorum delivers."""
+        """The post-decision edit hook (see quorum.pipeline.amend): add or change header fields or
+        replace the body of the message that will leave, seeing it as it will leave, or refuse it.
+        Runs in the milter thread after the decision, only for mail Quorum delivers, in the order
+        of `amend_phase` (0 content edits such as banners, 1 signatures, 2 seals)."""
         return None
 
     def finished(self, txn: Transaction, outcome: Outcome) -> None:

@@ -39,8 +39,10 @@ ACTIONS = (
     | Milter.CHGFROM
     | Milter.ADDRCPT
     | Milter.DELRCPT
+    | Milter.CHGBODY
 )
 REQUIRED = Milter.ADDHDRS | Milter.CHGHDRS
+BODY_CHUNK = 65535  # libmilter's MILTER_CHUNK_SIZE: smfi_replacebody sends at most this per call
 _RETURN = {
     Action.REJECT: Milter.REJECT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
@@ -226,8 +228,14 @@ class QuorumMilter(Milter.Base):  # type: ignore[misc]
             return self._reply(edits.reply)
         for name, index in edits.remove:
             self.chgheader(name, index, None)
+        for name, index, value in edits.change:
+            self.chgheader(name, index, " " + value)
         for position, (name, value) in enumerate(edits.add):
             self.addheader(name, " " + value, position)
+        if edits.body is not None:
+            view = memoryview(edits.body)
+            for start in range(0, len(view), BODY_CHUNK):
+                self.replacebody(bytes(view[start : start + BODY_CHUNK]))
         if edits.sender is not None:
             self.chgfrom(edits.sender)
         for old, new in edits.recipients:

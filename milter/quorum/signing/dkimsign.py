@@ -197,10 +197,11 @@ def tags(signer: Signer, include: Sequence[str], bh: bytes, now: int | None = No
     ]
 
 
-def field_value(key: PrivateKey, signed: bytes, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+def field_value(key: PrivateKey, signed: bytes, fields: Sequence[tuple[bytes, bytes]], name: bytes = FIELD) -> bytes:
     """The DKIM-Signature value for `fields` (b= last, its value ignored) over the header fields
     `signed` (`signed_headers`): CRLF folds, a CRLF at the end, byte for byte what dkimpy writes
     after "DKIM-Signature: " (`dkim.sign`; the b= value folded too, as Yahoo and Outlook.com want).
+    `name` is the field's name: ARC-Message-Signature and ARC-Seal are made the same way.
 
     The hash covers the field as the receiver sees it with b= emptied: the layout with the
     placeholder (b= on its own line) equals the final one up to b=, so relaxing it and cutting
@@ -209,11 +210,11 @@ def field_value(key: PrivateKey, signed: bytes, fields: Sequence[tuple[bytes, by
     if names[-1] != b"b" or b"b" in names[:-1]:
         raise ValueError("b= must be the last tag and appear once")
     layout = [*fields[:-1], (b"b", PLACEHOLDER)]
-    unsigned = relaxed_value(dkim.fold(b"; ".join(b"=".join(f) for f in layout), namelen=len(FIELD)))
+    unsigned = relaxed_value(dkim.fold(b"; ".join(b"=".join(f) for f in layout), namelen=len(name)))
     unsigned = unsigned[: unsigned.rindex(b"b=") + 2]
-    digest = hashlib.sha256(signed + FIELD.lower() + b":" + unsigned).digest()
+    digest = hashlib.sha256(signed + name.lower() + b":" + unsigned).digest()
     final = [*fields[:-1], (b"b", base64.b64encode(key.sign(digest)))]
-    value: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in final) + b"\r\n", namelen=len(FIELD))
+    value: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in final) + b"\r\n", namelen=len(name))
     return value
 
 
@@ -226,7 +227,11 @@ def signature(
 ) -> str:
     """The DKIM-Signature field value (no leading space; folds as LF+TAB, as a milter adds them) over
     the header fields `signed` (`signed_headers` of `include`) and the body hash `bh` (base64)."""
-    value = field_value(signer.key, signed, tags(signer, include, bh, now))
+    return milter_value(field_value(signer.key, signed, tags(signer, include, bh, now)))
+
+
+def milter_value(value: bytes) -> str:
+    """A folded field value as a milter adds it: no line end, folds as LF+TAB."""
     return value.decode("ascii").rstrip("\r\n").replace("\r\n ", "\n\t")
 
 
