@@ -17,6 +17,7 @@ APT_PACKAGES=(
   systemd  # systemd-analyze verify checks packaging/quorum.service (no systemd as PID 1 needed)
   clamav-testfiles prometheus  # quorum evaluate's corpus test; promtool checks monitoring/quorum-alerts.yml
   libmail-dkim-perl libcryptx-perl  # Mail::DKIM: the signing tests' independent verifier (CryptX: Ed25519 in newer Mail::DKIM)
+  opendkim opendkim-tools  # the peer bench/signing_peers.py measures signing against (started only by it)
 )
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
@@ -88,7 +89,7 @@ case "$cmd" in
   bench)
     install_system
     install_python
-    for b in bench/throughput.py bench/memory.py bench/engines_latency.py bench/auth_bench.py bench/ratelimit_bench.py bench/peers.py; do
+    for b in bench/throughput.py bench/memory.py bench/engines_latency.py bench/auth_bench.py bench/ratelimit_bench.py bench/peers.py bench/signing_peers.py; do
       echo "== $b"
       .venv/bin/python "$b"
     done

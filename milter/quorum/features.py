@@ -84,6 +84,12 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("rules", "quorum.rules.feature"),  # [[rules]] + [mime]; evaluated by the pipeline at end of data
     Feature(
+        "banner",
+        "quorum.banner.feature",
+        tenant=(("banner", "quorum.banner.tenant"),),
+        metrics="quorum.banner.metrics",
+    ),  # before signing: the signature covers the banner
+    Feature(
         "signing", "quorum.signing.feature", cli="quorum.signing.cli", metrics="quorum.signing.metrics"
     ),  # DKIM: amends after every other feature
     # last: it records what the stages before it did

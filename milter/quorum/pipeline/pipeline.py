@@ -113,7 +113,7 @@ class Pipeline:
                 log.exception("stage %s failed in %s", stage.name, name)
 
     def begin(self, conn: Connection, sender: str, dry_run: bool = False) -> Transaction:
-        txn = Transaction(conn, conn.envelope(), dry_run=dry_run)
+        txn = Transaction(conn, conn.envelope(), dry_run=dry_run, policy_of=self.tenants.policy_for)
         txn.envelope.sender = sender
         return txn
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -77,6 +77,9 @@ class Transaction:
     id: str = field(default_factory=lambda: f"{_PREFIX}.{next(_IDS)}")
     tenant: TenantPolicy | None = None  # set by the pipeline at the first accepted recipient
     dry_run: bool = False  # `quorum scan`: every stage runs, nothing is recorded as a session
+    # The tenant policy of any address (the From: or envelope sender's domain, for what outbound
+    # mail gets: a domain's footer, its signing keys); set by the pipeline.
+    policy_of: Callable[[str], TenantPolicy] | None = field(default=None, repr=False, compare=False)
     # Each stage's recipient class (Stage.recipient_class) that every recipient must share, like
     # the tenant policy; fixed by the first accepted recipient (pipeline.rcpt keeps the rule).
     partition: tuple[str | None, ...] = ()
