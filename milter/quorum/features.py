@@ -90,7 +90,11 @@ FEATURES: tuple[Feature, ...] = (
         metrics="quorum.banner.metrics",
     ),  # before signing: the signature covers the banner
     Feature(
-        "signing", "quorum.signing.feature", cli="quorum.signing.cli", metrics="quorum.signing.metrics"
+        "signing",
+        "quorum.signing.feature",
+        cli="quorum.signing.cli",
+        tenant=(("signing", "quorum.signing.tenant"),),
+        metrics="quorum.signing.metrics",
     ),  # DKIM: amends after every other feature
     # last: it records what the stages before it did
     Feature("records", "quorum.records.feature", cli="quorum.records.cli", metrics="quorum.records.metrics"),

@@ -319,3 +319,34 @@ def test_a_big_body_is_hashed_from_the_spool(keys: dict[str, KeyFile], tmp_path:
     finally:
         msg.close()
     assert verify_all(delivered, dns_of(keys)) == [True, True]
+
+
+def test_a_tenants_own_keys_come_before_the_files(keys: dict[str, KeyFile], tmp_path: Path) -> None:
+    from quorum.assembly import build_pipeline, load_config
+
+    path = tmp_path / "q.toml"
+    path.write_text(
+        f'[signing]\n[[signing.keys]]\ndomain = "example.com"\nselector = "s1"\nkey = "{keys["rsa"].path}"\n'
+        f'[tenants]\n[domains."example.com".signing]\nkeys = [{{ selector = "ed1", key = "{keys["ed"].path}" }}]\n'
+    )
+    pipeline = build_pipeline(load_config(path))
+    try:
+        env = Envelope("198.51.100.7", "c", "c", "alice@example.com", ["bob@example.org"])
+        env.macros["{auth_authen}"] = "alice"
+        txn = Transaction(Connection(env.client_ip), env, policy_of=pipeline.tenants.policy_for)
+        msg = Message.from_bytes(MESSAGE, env)
+        _, notes = amend.run(pipeline.amenders, txn, msg, edits())
+        assert notes == ["signing: signed d=example.com s=ed1 a=ed25519-sha256"]
+    finally:
+        pipeline.close()
+
+
+def test_a_tenant_signing_table_without_keys_is_an_error(tmp_path: Path) -> None:
+    from quorum.assembly import load_config
+    from quorum.config import ConfigError
+
+    path = tmp_path / "q.toml"
+    path.write_text('[signing]\nsign = "off"\n[tenants]\n[domains."example.com".signing]\nkeys = []\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert 'domains."example.com".signing.keys' in str(err.value) or "signing.keys" in str(err.value)

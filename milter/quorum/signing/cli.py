@@ -31,7 +31,11 @@ def add_cli(subparsers: Any, with_config: Callable[[argparse.ArgumentParser], ar
     gen.add_argument("--selector", required=True, help="the selector (s=): the record is S._domainkey.D")
     gen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
     gen.add_argument("--bits", type=int, default=2048, help="RSA key size, 1024 to 8192 (default 2048)")
-    gen.add_argument("--out", default=".", help="directory to write DOMAIN.SELECTOR.pem into (default .)")
+    where = gen.add_mutually_exclusive_group()
+    where.add_argument("--out", default=".", help="directory to write DOMAIN.SELECTOR.pem into (default .)")
+    where.add_argument(
+        "--store", choices=("redis",), help='keep the key in Redis instead ([signing] store = "redis", [redis])'
+    )
     check = with_config(actions.add_parser("check", help="look up each configured key's record: match or not"))
     check.add_argument("--domain", help="only the keys of this domain")
     check.add_argument("--selector", help="with --key: the selector of a key not configured yet")
@@ -56,13 +60,16 @@ def keygen(args: argparse.Namespace, config: Any) -> int:
     from quorum.signing.settings import domain_name, selector_name
 
     try:
-        domain, selector = domain_name(args.domain), selector_name(args.selector)
+        wildcard_ok = args.store == "redis"  # a file key's wildcard is its [[signing.keys]] entry's
+        domain, selector = domain_name(args.domain, wildcard=wildcard_ok), selector_name(args.selector)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.type == "rsa" and not 1024 <= args.bits <= 8192:
         print(f"error: --bits {args.bits}: use 1024 to 8192 (2048 is usual)", file=sys.stderr)
         return 2
+    if args.store == "redis":
+        return _keygen_redis(args, config, domain, selector)
     path = Path(args.out) / f"{domain}.{selector}.pem"
     try:
         pem, key = generate(args.type, args.bits)
@@ -79,6 +86,35 @@ def keygen(args: argparse.Namespace, config: Any) -> int:
     print(zone_line(selector, domain, key.record()))
     print("\nthen, once `quorum dkim check` says match, add to [signing]:\n")
     print(f'[[signing.keys]]\ndomain = "{domain}"\nselector = "{selector}"\nkey = "{path.resolve()}"')
+    return 0
+
+
+def _keygen_redis(args: argparse.Namespace, config: Any, domain: str, selector: str) -> int:
+    from quorum.signing.redis_keys import RedisKeys, hash_name
+    from quorum.signing.settings import SigningSettings
+
+    settings = config.feature("signing")
+    if not isinstance(settings, SigningSettings) or settings.store != "redis" or settings._redis is None:
+        print('error: --store redis needs [signing] store = "redis" and a [redis] table in the config', file=sys.stderr)
+        return 2
+    wildcard = args.domain.strip().startswith("*.")
+    name = hash_name(settings.key_prefix, domain.removeprefix("*."), wildcard)
+    store = RedisKeys.from_settings(settings._redis, settings.key_prefix, settings.refresh)
+    try:
+        pem, key = generate(args.type, args.bits)
+        if not store.put(domain.removeprefix("*."), selector, pem, wildcard):
+            print(f"error: {name} already holds selector {selector!r}; a key is never overwritten", file=sys.stderr)
+            return 1
+    except Exception as exc:  # noqa: BLE001 - Redis down, refused by ACL: said, exit 1
+        print(f"error: cannot store the key in Redis ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    size = f"{key.bits}-bit RSA" if key.type == "rsa" else "Ed25519"
+    print(f"stored {size} key in Redis: {name} field {selector}")
+    print("\npublish this record (strings of at most 255 bytes; a DNS UI may want them joined):\n")
+    print(zone_line(selector, domain.removeprefix("*."), key.record()))
+    print("\nmail from the domain is signed with it from the next lookup (at most [signing] refresh later)")
     return 0
 
 

@@ -44,6 +44,13 @@ def parse(root: Table) -> SigningSettings | None:
             )
     if settings.sign == "off":
         problems.warn("signing.sign", '"off": the keys are checked but no message is signed')
+    if settings.store == "redis":
+        from quorum.redisconn import shared_redis
+
+        redis = shared_redis(root)
+        if redis is None:
+            problems.error("signing.store", '"redis" needs a [redis] table (where the keys are kept)')
+        settings._redis = redis
     return settings
 
 
@@ -52,4 +59,9 @@ def build(config: Any, settings: SigningSettings) -> list[Stage]:
         return []
     from quorum.signing.stage import SigningStage
 
-    return [SigningStage(settings)]
+    keys = None
+    if settings.store == "redis" and settings._redis is not None:
+        from quorum.signing.redis_keys import RedisKeys
+
+        keys = RedisKeys.from_settings(settings._redis, settings.key_prefix, settings.refresh)
+    return [SigningStage(settings, store=keys)]

@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from quorum.config.schema import Duration, Network, Settings, raise_at
+from quorum.redisconn import KeyPrefix
 from quorum.signing.keys import KeyProblem, PrivateKey, load_key
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -99,6 +100,26 @@ class KeyEntry(Settings):
         return f"{self.selector}._domainkey.{self.signing_domain}"
 
 
+class DomainKey(Settings):
+    """One key of a tenant's `[domains."d".signing]`: the domain is the table's own."""
+
+    selector: str
+    key: KeyFile
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        return selector_name(value)
+
+
+class DomainSigning(Settings):
+    """`[domains."d".signing]`: the domain's own keys, used instead of `[[signing.keys]]` for mail
+    whose From: domain is d (a file's domain table or a Redis tenant record; the key files are
+    read and checked when the record is loaded)."""
+
+    keys: tuple[DomainKey, ...] = Field(min_length=1)
+
+
 class SigningSettings(Settings):
     """`[signing]`: which mail Quorum signs (DKIM, after every other edit) and with which keys."""
 
@@ -109,11 +130,18 @@ class SigningSettings(Settings):
     keys: tuple[KeyEntry, ...] = ()
     on_failure: Literal["tempfail", "accept"] = "tempfail"  # a signature that cannot be made: 451, or unsigned
     log_interval: Duration = Field(3600.0, ge=1.0)  # "no key for DOMAIN" logged once per domain per interval
+    # "redis": keys also live in Redis ([redis]), hash `{key_prefix}{domain}` -> {selector: PEM},
+    # written by `quorum dkim keygen --store redis`, read when a domain's mail is signed and kept
+    # `refresh` seconds; the file's entries and the tenants' own keys come first.
+    store: Literal["file", "redis"] = "file"
+    key_prefix: KeyPrefix = "quorum:dkim:"
+    refresh: Duration = Field(60.0, ge=1.0, le=86400.0)
+    _redis: Any = PrivateAttr(None)  # the [redis] settings with store = "redis" (set by the feature)
 
     @model_validator(mode="after")
     def _consistent(self) -> SigningSettings:
         problems: list[tuple[tuple[str | int, ...], str]] = []
-        if self.sign != "off" and not self.keys:
+        if self.sign != "off" and not self.keys and self.store == "file":
             problems.append((("keys",), "no key: list at least one [[signing.keys]] entry, or set sign = off"))
         seen: dict[tuple[str, str], int] = {}
         for i, entry in enumerate(self.keys):

@@ -28,7 +28,8 @@ from quorum.pipeline.stages import Action, Reply, Stage
 from quorum.pipeline.transaction import Transaction
 from quorum.signing import metrics
 from quorum.signing.dkimsign import Signer, sign
-from quorum.signing.settings import KeyEntry, SigningSettings, normalise_domain
+from quorum.signing.redis_keys import KeysUnavailable, RedisKeys
+from quorum.signing.settings import DomainSigning, KeyEntry, SigningSettings, normalise_domain
 
 log = logging.getLogger("quorum.signing")
 NOT_SIGNED = Reply.tempfail("451", "4.7.0", "Message could not be signed, try again later")
@@ -102,8 +103,11 @@ class OncePer:
 class SigningStage(Stage):
     name = "signing"
 
-    def __init__(self, settings: SigningSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: SigningSettings, clock: Callable[[], float] = time.monotonic, store: RedisKeys | None = None
+    ) -> None:
         self.settings = settings
+        self.store = store  # [signing] store = "redis"
         self.index = KeyIndex(settings.keys)
         self.networks: tuple[IPNetwork, ...] = settings.networks
         self._no_key = OncePer(settings.log_interval, clock)
@@ -129,7 +133,10 @@ class SigningStage(Stage):
             text = "no From: address" if reason == "no_from" else "several From: addresses"
             log.info("qid=%s not signed: %s", txn.envelope.queue_id or "-", text)
             return _unsigned(reason, f"not signed: {text}")
-        signers = self.index.signers(domain)
+        try:
+            signers = self.signers(txn, domain)
+        except KeysUnavailable as exc:
+            return self._failed(txn, exc)
         if not signers:
             if self._no_key.due(domain):
                 log.warning(
@@ -142,6 +149,30 @@ class SigningStage(Stage):
             return _unsigned("no_key", f"not signed: no key for {domain}")
         return self._sign(txn, final, headers, signers)
 
+    def signers(self, txn: Transaction, domain: str) -> list[Signer]:
+        """The From: domain's keys: its tenant's own (`[domains."d".signing]`), else the file's
+        `[[signing.keys]]`, else (store = "redis") the ones kept in Redis."""
+        tenant = txn.policy_of(f"postmaster@{domain}") if txn.policy_of is not None else None
+        own = tenant.extensions.get("signing") if tenant is not None and tenant.domain == domain else None
+        if isinstance(own, DomainSigning):
+            return [Signer(domain, k.selector, k.key) for k in own.keys]
+        found = self.index.signers(domain)
+        if not found and self.store is not None:
+            found = [Signer(d, selector, key) for d, selector, key in self.store.keys(domain)]
+        return found
+
+    def _failed(self, txn: Transaction, exc: Exception, trace: bool = False) -> Amendment:
+        metrics.UNSIGNED.labels("failed").inc()
+        what = f"{type(exc).__name__}: {exc}"[:200]
+        log.error("qid=%s DKIM signing failed: %s", txn.envelope.queue_id or "-", what, exc_info=trace)
+        if self.settings.on_failure == "tempfail":
+            return Amendment(refuse=NOT_SIGNED, note=f"signing failed ({what}): answered 451")
+        return Amendment(note=f"signing failed ({what}): delivered unsigned (on_failure = accept)")
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
     def _sign(self, txn: Transaction, final: FinalMessage, headers: list[Header], signers: list[Signer]) -> Amendment:
         start = time.perf_counter()
         try:
@@ -149,12 +180,7 @@ class SigningStage(Stage):
             with final.body() as body:
                 added = sign(signers, fields, iter(lambda: body.read(65536), b""))
         except Exception as exc:  # noqa: BLE001 - on_failure decides; never a silent unsigned 250 by default
-            log.exception("qid=%s DKIM signing failed", txn.envelope.queue_id or "-")
-            metrics.UNSIGNED.labels("failed").inc()
-            what = f"{type(exc).__name__}: {exc}"[:200]
-            if self.settings.on_failure == "tempfail":
-                return Amendment(refuse=NOT_SIGNED, note=f"signing failed ({what}): answered 451")
-            return Amendment(note=f"signing failed ({what}): delivered unsigned (on_failure = accept)")
+            return self._failed(txn, exc, trace=True)
         metrics.SIGN_SECONDS.observe(time.perf_counter() - start)
         metrics.SIGNED.inc()
         for s in signers:
