@@ -69,6 +69,7 @@ class Feature:
 FEATURES: tuple[Feature, ...] = (
     Feature("auth", "quorum.auth.feature", metrics="quorum.auth.metrics"),
     Feature("ratelimit", "quorum.ratelimit.feature", cli="quorum.ratelimit.cli", metrics="quorum.ratelimit.metrics"),
+    Feature("flow", "quorum.flow.feature", metrics="quorum.flow.metrics"),  # concurrency slots at MAIL FROM/RCPT
     Feature(
         "quarantine",
         "quorum.quarantine.feature",
