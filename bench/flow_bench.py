@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
-from tests.harness.redis_server import RedisServer  # noqa: E402
+from tests.harness.redis_server import RedisAuth, RedisServer  # noqa: E402
 
 from quorum.flow.slots import Slots, Subject  # noqa: E402
 from quorum.redisconn import RedisSettings, connect  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=5000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp) / "redis").start()
+        server = RedisServer(Path(tmp) / "redis", auth=RedisAuth()).start()
         try:
             settings = RedisSettings(url=server.url)
             for threads in (1, 10):

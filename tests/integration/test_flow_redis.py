@@ -140,7 +140,7 @@ def test_the_stage_names_the_limit_and_gives_slots_back_however_the_transaction_
 
 
 def test_redis_down_follows_on_redis_failure(tmp_path: Path) -> None:
-    server: Any = RedisServer(tmp_path / "r").start()
+    server: Any = RedisServer(tmp_path / "r", auth=RedisAuth()).start()
     url = server.url
     server.stop()
     for choice, expect in (("open", None), ("closed", "451")):
@@ -154,7 +154,7 @@ def test_redis_down_follows_on_redis_failure(tmp_path: Path) -> None:
 
 
 def test_a_redis_restart_mid_transaction_leaves_no_negative_or_leaked_count(tmp_path: Path) -> None:
-    server: Any = RedisServer(tmp_path / "r").start()
+    server: Any = RedisServer(tmp_path / "r", auth=RedisAuth()).start()
     try:
         s = settings(server.url, concurrency={"auth_user": 1}, lease="2s")
         stage = FlowStage(s, slots_of(s), renew=False)

@@ -15,7 +15,7 @@ from typing import Any
 import dkim
 import pytest
 from tests.harness.dkim_keys import write_rsa
-from tests.harness.redis_server import RedisServer
+from tests.harness.redis_server import RedisAuth, RedisServer
 
 from quorum.assembly import build_pipeline, load_config
 from quorum.message import Envelope, Message
@@ -38,7 +38,7 @@ def message(sender: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server: Any = RedisServer(tmp_path_factory.mktemp("signing-redis")).start()
+    server: Any = RedisServer(tmp_path_factory.mktemp("signing-redis"), auth=RedisAuth()).start()
     try:
         yield server
     finally:
