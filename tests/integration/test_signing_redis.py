@@ -140,3 +140,36 @@ def test_redis_down_follows_on_failure(config_path: Path, redis: RedisServer) ->
     finally:
         pipeline.close()
         redis.start()
+
+
+def test_dkim_check_covers_redis_and_tenant_keys(config_path: Path, redis: RedisServer, tmp_path: Path) -> None:
+    from tests.harness.dns import DnsServer, zone_text
+
+    made = keygen(config_path, "--domain", "check.example", "--selector", "c1")
+    assert made.returncode == 0, made.stderr
+    tenant_record = (config_path.parent / "tenant.record").read_text()
+    other = write_rsa(tmp_path / "other.pem", 2048)  # published for tenant.example instead: a mismatch
+    zones = {
+        "check.example": zone_text("check.example", [("c1._domainkey", "TXT", published(made.stdout))]),
+        "tenant.example": zone_text("tenant.example", [("t1._domainkey", "TXT", other.record)]),
+    }
+    dns = DnsServer(tmp_path / "nsd", zones).start()
+    try:
+        text = config_path.read_text() + f'\n[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\ntimeout = 2\n'
+        checked = tmp_path / "check.toml"
+        checked.write_text(text)
+
+        def dkim_check(*extra: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "quorum", "dkim", "check", "-c", str(checked), *extra]
+            return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+        ok = dkim_check("--domain", "check.example")
+        assert ok.returncode == 0 and "check.example s=c1" in ok.stdout and ": match" in ok.stdout, ok
+        bad = dkim_check("--domain", "tenant.example")
+        assert bad.returncode == 1 and ": mismatch" in bad.stdout, bad
+        assert tenant_record != other.record
+        everything = dkim_check("--json")
+        domains = {entry["domain"] for entry in __import__("json").loads(everything.stdout)}
+        assert {"check.example", "tenant.example"} <= domains  # earlier tests restarted Redis (no persistence)
+    finally:
+        dns.stop()

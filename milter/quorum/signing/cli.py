@@ -213,6 +213,36 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
+def _tenant_keys(config: Any) -> list[Any]:
+    """The keys of the file's domain tables (`[domains."d".signing]`)."""
+    from quorum.signing.settings import DomainSigning, KeyEntry
+
+    tenants = config.feature("tenants")
+    found = []
+    for name, entry in sorted(getattr(tenants, "domains", {}).items()):
+        own = entry.values.get("signing")
+        if isinstance(own, DomainSigning) and not name.startswith("*."):
+            found += [KeyEntry(domain=name, selector=k.selector, key=k.key) for k in own.keys]
+    return found
+
+
+def _redis_keys(settings: Any, domain: str | None) -> list[Any]:
+    """The keys kept in Redis (store = "redis"): the domain's, or every domain's (SCAN)."""
+    from quorum.signing.redis_keys import RedisKeys
+    from quorum.signing.settings import KeyEntry
+
+    if settings.store != "redis" or settings._redis is None:
+        return []
+    store = RedisKeys.from_settings(settings._redis, settings.key_prefix, settings.refresh)
+    try:
+        return [
+            KeyEntry(domain=f"*.{d}" if wildcard else d, selector=selector, key=key)
+            for d, wildcard, selector, key in store.stored(domain)
+        ]
+    finally:
+        store.close()
+
+
 def check(args: argparse.Namespace, config: Any) -> int:
     from quorum.signing.settings import KeyEntry, SigningSettings, normalise_domain
 
@@ -228,11 +258,16 @@ def check(args: argparse.Namespace, config: Any) -> int:
             return 2
     else:
         settings = config.feature("signing")
-        if not isinstance(settings, SigningSettings) or not settings.keys:
-            print(f"error: no [[signing.keys]] in {config.path or 'the config'}", file=sys.stderr)
+        if not isinstance(settings, SigningSettings):
+            print(f"error: no [signing] in {config.path or 'the config'}", file=sys.stderr)
             return 2
         wanted = normalise_domain(args.domain) if args.domain else None
-        entries = [e for e in settings.keys if wanted is None or wanted in (e.domain, e.signing_domain)]
+        try:
+            configured = [*settings.keys, *_tenant_keys(config), *_redis_keys(settings, wanted)]
+        except Exception as exc:  # noqa: BLE001 - Redis down, an unusable stored key: said, exit 2
+            print(f"error: cannot read the keys kept in Redis ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
+        entries = [e for e in configured if wanted is None or wanted in (e.domain, e.signing_domain)]
         entries = [e for e in entries if args.selector is None or e.selector == args.selector.lower()]
         if not entries:
             print(f"error: no key configured for {args.domain or ''} {args.selector or ''}".rstrip(), file=sys.stderr)

@@ -92,6 +92,22 @@ class RedisKeys:
                 ]
         return []
 
+    def stored(self, domain: str | None = None) -> list[tuple[str, bool, str, PrivateKey]]:
+        """(domain, wildcard, selector, key) of every key kept (or of `domain`'s and `*.domain`'s)."""
+        client = self.client()
+        if domain is not None:
+            names = [hash_name(self.prefix, domain), hash_name(self.prefix, domain, True)]
+        else:
+            names = sorted(_text(n) for n in client.scan_iter(match=_glob(self.prefix) + "*", count=500))
+        found = []
+        for name in names:
+            rest = name[len(self.prefix) :]
+            wildcard = rest.startswith("*.")
+            for selector, pem in sorted(client.hgetall(name).items()):
+                key = parse_key(_bytes(pem), f"redis:{name}[{_text(selector)}]")
+                found.append((rest.removeprefix("*."), wildcard, _text(selector), key))
+        return found
+
     def put(self, domain: str, selector: str, pem: bytes, wildcard: bool = False) -> bool:
         """Store a new key (never overwriting one: False when the selector is taken)."""
         return bool(self.client().hsetnx(hash_name(self.prefix, domain, wildcard), selector, pem))
@@ -102,6 +118,11 @@ class RedisKeys:
                 self._client.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _glob(prefix: str) -> str:
+    """`prefix` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
 
 
 def _text(value: Any) -> str:
